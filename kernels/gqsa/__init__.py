@@ -1,0 +1,101 @@
+"""GQSA linear: group-quantized, group-sparse weights (format in ``format.py``).
+
+Public entry point: ``gqsa_linear(x, w, bias)``. On CUDA it runs Triton: the GEMV kernel for
+small batches (decode) and dequantize + cuBLAS for larger ones (prefill). Elsewhere, or for
+3-bit codes, it runs the torch reference and says so once in the log.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._log import info_once
+from .format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    SUPPORTED_BITS,
+    SUPPORTED_GROUP_SIZES,
+    TENSOR_NAMES,
+    GQSAWeight,
+    from_dense_groups,
+    pack_codes,
+    unpack_codes,
+)
+from .quantize import quantize_rtn
+from .reference import dequantize_reference, gqsa_linear_reference
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "GEMV_MAX_M",
+    "SUPPORTED_BITS",
+    "SUPPORTED_GROUP_SIZES",
+    "TENSOR_NAMES",
+    "GQSAWeight",
+    "dequantize",
+    "dequantize_reference",
+    "from_dense_groups",
+    "gqsa_linear",
+    "gqsa_linear_reference",
+    "pack_codes",
+    "quantize_rtn",
+    "unpack_codes",
+]
+
+# Largest batch (rows of x) that takes the GEMV kernel; above it, dequantize + cuBLAS wins.
+# Set from the M sweep in benchmarks/results/gqsa_linear-*.json (H200).
+GEMV_MAX_M = 8
+ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _triton_path(w: GQSAWeight, device: torch.device) -> bool:
+    if device.type != "cuda":
+        info_once(f"gqsa: input on {device.type}, not CUDA; using the torch reference (dequantize + matmul)")
+        return False
+    from .triton_kernels import TRITON_BITS
+
+    if w.bits not in TRITON_BITS:
+        info_once(f"gqsa: no Triton kernel for {w.bits}-bit codes (have {TRITON_BITS}); using the torch reference")
+        return False
+    return True
+
+
+def dequantize(w: GQSAWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Dense ``[N, K]`` weight; Triton on CUDA, the reference elsewhere."""
+    if _triton_path(w, w.device):
+        from .triton_kernels import gqsa_dequantize
+
+        return gqsa_dequantize(w, dtype)
+    return dequantize_reference(w, dtype)
+
+
+def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``y = x @ W.T + bias`` for a GQSA weight.
+
+    Args:
+        x: ``[..., K]`` activations, float16 / bfloat16 / float32, on ``w``'s device.
+        w: ``GQSAWeight`` with ``in_features == K`` and ``out_features == N``.
+        bias: optional ``[N]``.
+    Returns:
+        ``[..., N]`` in ``x.dtype``.
+    """
+    if x.shape[-1] != w.in_features:
+        raise ValueError(f"x has {x.shape[-1]} features in its last dimension; the weight expects {w.in_features}")
+    if x.dtype not in ACT_DTYPES:
+        raise ValueError(f"x.dtype={x.dtype} is not supported; use one of {ACT_DTYPES}")
+    if x.device != w.device:
+        raise ValueError(f"x is on {x.device} but the weight is on {w.device}")
+    if bias is not None and tuple(bias.shape) != (w.out_features,):
+        raise ValueError(f"bias has shape {tuple(bias.shape)}; expected ({w.out_features},)")
+    if not _triton_path(w, x.device):
+        return gqsa_linear_reference(x, w, bias)
+    from .triton_kernels import gqsa_dequantize, gqsa_gemv
+
+    x2 = x.reshape(-1, w.in_features)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    if x2.shape[0] <= GEMV_MAX_M:
+        y = gqsa_gemv(x2, w, bias)
+    else:
+        y = torch.nn.functional.linear(x2, gqsa_dequantize(w, x.dtype), bias)
+    return y.reshape(*x.shape[:-1], w.out_features)

@@ -1,0 +1,18 @@
+"""sparseflow's own features, registered through the same hooks as any third-party plugin."""
+
+from __future__ import annotations
+
+from .features import Feature
+from .hookspecs import hookimpl
+
+
+@hookimpl
+def sparseflow_linear_methods() -> list[Feature]:
+    return [
+        Feature(
+            kind="linear_method",
+            name="gqsa",
+            summary="group-quantized (2/3/4/8-bit), group-sparse linear; block-sparse-row format",
+            target="sparseflow.vllm_ext.gqsa:GQSAConfig",
+        ),
+    ]

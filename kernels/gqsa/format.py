@@ -24,7 +24,8 @@ under ``<module>.<name>`` for each tensor name in ``TENSOR_NAMES``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -143,6 +144,9 @@ class GQSAWeight:
     def density(self) -> float:
         """Fraction of weight groups kept."""
         return self.nnz_groups / max(1, self.out_features * self.num_group_columns)
+
+    def clone(self) -> GQSAWeight:
+        return replace(self, **{name: t.clone() for name, t in self.tensors().items()})
 
     def to(self, device: torch.device | str) -> GQSAWeight:
         return replace(self, **{name: t.to(device) for name, t in self.tensors().items()})
@@ -299,3 +303,54 @@ def from_dense_groups(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tens
         group_size=group_size,
         bits=bits,
     )
+
+
+@dataclass(frozen=True)
+class GQSACheckpointConfig:
+    """The ``quantization_config`` block of a GQSA checkpoint's config.json (data only, validated).
+
+    Args:
+        bits: code width, one of ``SUPPORTED_BITS``.
+        group_size: inputs per group, one of ``SUPPORTED_GROUP_SIZES``.
+        sparsity: fraction of groups pruned (informational; the tensors are the truth).
+        ignore: modules left dense, matched by full name or last name component (``"lm_head"``).
+            Merged vLLM modules (qkv_proj, gate_up_proj) are quantized only if all their parts are.
+        format_version: layout version; readers refuse versions they do not know.
+    """
+
+    bits: int = 4
+    group_size: int = 16
+    sparsity: float = 0.0
+    ignore: tuple[str, ...] = field(default=("lm_head",))
+    format_version: int = FORMAT_VERSION
+    quant_method: str = FORMAT_NAME
+
+    def __post_init__(self) -> None:
+        check_bits_and_group_size(self.bits, self.group_size)
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity={self.sparsity} must be in [0, 1)")
+        if self.quant_method != FORMAT_NAME:
+            raise ValueError(f"quant_method={self.quant_method!r} is not {FORMAT_NAME!r}")
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(
+                f"format_version={self.format_version} is not supported by this sparseflow "
+                f"(reads version {FORMAT_VERSION}); upgrade sparseflow or re-compress the model"
+            )
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> GQSACheckpointConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown GQSA quantization_config keys {unknown}; known: {sorted(known)}")
+        return cls(**dict(config))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ignore"] = list(self.ignore)
+        return d
+
+    def is_quantized(self, module_name: str) -> bool:
+        last = module_name.rsplit(".", 1)[-1]
+        return module_name not in self.ignore and last not in self.ignore

@@ -101,10 +101,14 @@ def _blocks(w: GQSAWeight) -> tuple[int, int]:
     return 16, min(block_g, 64)
 
 
-def gqsa_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x [M, K] @ W.T (+ bias) -> [M, N]``, one program per (row block, input row). For small M."""
+def gqsa_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x [M, K] @ W.T (+ bias) -> [M, N]``, one program per (row block, input row). For small M.
+
+    ``out``: optional ``[M, N]`` tensor (row-contiguous, ``x.dtype``) to write into.
+    """
     m = x.shape[0]
-    y = torch.empty(m, w.out_features, dtype=x.dtype, device=x.device)
+    y = out if out is not None else torch.empty(m, w.out_features, dtype=x.dtype, device=x.device)
     block_r, block_g = _blocks(w)
     grid = (triton.cdiv(w.out_features, block_r), m)
     _gqsa_gemv_kernel[grid](

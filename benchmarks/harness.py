@@ -1,0 +1,128 @@
+"""The one benchmark harness: registry, timing, roofline, table and JSON.
+
+Physical limits measured on the H200 machine (2026-11-28, ../shared/ENVIRONMENT.md): device-to-device
+copy 4.27 TB/s (bytes read + written) and dense bf16 matmul ~690 TFLOP/s.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import subprocess
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HBM_BYTES_PER_S = 4.27e12
+BF16_FLOPS_PER_S = 690e12
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+_BENCHMARKS: dict[str, Callable[..., list[Row]]] = {}
+
+
+@dataclass
+class Row:
+    """One timed configuration of one implementation."""
+
+    case: str  # e.g. "N=28672 K=8192 M=1"
+    impl: str  # e.g. "gqsa w4g16", "dense bf16"
+    ms: float | None  # median; None when the implementation is unavailable here
+    bytes_moved: float  # fewest bytes this implementation must move
+    flops: float
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def floor_ms(self) -> float:
+        return 1e3 * max(self.bytes_moved / HBM_BYTES_PER_S, self.flops / BF16_FLOPS_PER_S)
+
+
+def register(name: str):
+    """Decorator: register ``fn(quick: bool) -> list[Row]`` under ``name`` (duplicates raise)."""
+
+    def wrap(fn):
+        if name in _BENCHMARKS:
+            raise ValueError(f"benchmark {name!r} is registered twice")
+        _BENCHMARKS[name] = fn
+        return fn
+
+    return wrap
+
+
+def available() -> list[str]:
+    from . import gqsa_linear  # noqa: F401  (registers itself)
+
+    return sorted(_BENCHMARKS)
+
+
+def get(name: str) -> Callable[..., list[Row]]:
+    names = available()
+    if name not in _BENCHMARKS:
+        raise KeyError(f"no benchmark named {name!r}; known: {', '.join(names)}")
+    return _BENCHMARKS[name]
+
+
+def time_ms(fn: Callable[[], Any], *, warmup_ms: int = 25, rep_ms: int = 100) -> float:
+    """Median milliseconds of ``fn`` over CUDA events (``triton.testing.do_bench``)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "hbm_bytes_per_s_assumed": HBM_BYTES_PER_S,
+        "bf16_flops_per_s_assumed": BF16_FLOPS_PER_S,
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    try:
+        info["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                        cwd=Path(__file__).parent, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent).stdout.strip()
+        info["commit_dirty"] = bool(dirty)
+    except (OSError, subprocess.CalledProcessError):
+        info["commit"] = None
+    return info
+
+
+def format_table(rows: list[Row], baseline: str) -> str:
+    """Rows grouped by case: time, speed-up over ``baseline``, and share of the physical floor."""
+    lines = [f"{'case':<28} {'impl':<22} {'ms':>9} {'x ' + baseline:>16} {'% of floor':>10}  note"]
+    cases: dict[str, list[Row]] = {}
+    for r in rows:
+        cases.setdefault(r.case, []).append(r)
+    for case, group in cases.items():
+        base = next((r.ms for r in group if r.impl == baseline and r.ms), None)
+        for r in group:
+            if r.ms is None:
+                lines.append(f"{case:<28} {r.impl:<22} {'n/a':>9} {'':>16} {'':>10}  {r.note}")
+                continue
+            ratio = f"{base / r.ms:.2f}x" if base else ""
+            lines.append(f"{case:<28} {r.impl:<22} {r.ms:>9.4f} {ratio:>16} {100 * r.floor_ms / r.ms:>9.0f}%  {r.note}")
+    return "\n".join(lines)
+
+
+def save(name: str, rows: list[Row], out_dir: Path | None = None) -> Path:
+    env = environment()
+    out_dir = out_dir or RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = env["device"].replace(" ", "_")
+    path = out_dir / f"{name}-{device}.json"
+    payload = {"benchmark": name, "environment": env,
+               "rows": [{**asdict(r), "floor_ms": r.floor_ms} for r in rows]}
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    return path

@@ -1,0 +1,1 @@
+"""peft adapters (filled by the peft issues)."""

@@ -1,0 +1,1 @@
+"""trl adapters (filled by the trl issues)."""

@@ -33,62 +33,69 @@ def _tinygemm(w, group_size: int = 128):
     return packed, scales_zeros
 
 
-@register("gqsa_linear")
-def run(quick: bool = False) -> list[Row]:
+def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
     import torch
     import torch.nn.functional as F
     from sparseflow.kernels.gqsa import gqsa_linear, gqsa_linear_reference, quantize_rtn
     from sparseflow.kernels.gqsa.triton_kernels import gqsa_dequantize, gqsa_gemv
     from sparseflow.kernels.testing import rel_error
 
+    dev = torch.device("cuda")
+    dense = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
+    dense_pool = itertools.cycle([dense.clone() for _ in range(_copies(2 * n * k))])
+    formats = {}
+    for g in (16, 128):
+        w = quantize_rtn(dense, bits=4, group_size=g)
+        formats[g] = (w, itertools.cycle([w] + [w.clone() for _ in range(_copies(w.storage_bytes()) - 1)]))
+    try:
+        packed, scales_zeros = _tinygemm(dense)
+        tg_pool = itertools.cycle([(packed.clone(), scales_zeros.clone()) for _ in range(_copies(n * k // 2))])
+        tg_note = ""
+    except (RuntimeError, AttributeError) as err:
+        tg_pool, tg_note = None, f"unavailable: {str(err).splitlines()[0][:60]}"
+
+    rows: list[Row] = []
+    for m in batches:
+        case = f"N={n} K={k} M={m}"
+        x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+        io = 2 * m * k + 2 * m * n
+        flops = 2.0 * m * n * k
+        rows.append(Row(case, "dense bf16", time_ms(lambda x=x: F.linear(x, next(dense_pool))), 2 * n * k + io, flops))
+        if tg_pool is not None:
+            def tinygemm_call(x=x):
+                packed, scales_zeros = next(tg_pool)
+                return torch.ops.aten._weight_int4pack_mm(x, packed, 128, scales_zeros)
+
+            tg_bytes = n * k // 2 + (k // 128) * n * 4
+            rows.append(Row(case, "torch int4 g128", time_ms(tinygemm_call), tg_bytes + io, flops))
+        else:
+            rows.append(Row(case, "torch int4 g128", None, 0, flops, note=tg_note))
+        for g, (w0, pool) in formats.items():
+            err = rel_error(gqsa_linear(x, w0), gqsa_linear_reference(x, w0))
+            floor_bytes = w0.storage_bytes() + io
+            extra = {"rel_err_vs_reference": err, "bits_per_weight": w0.bits_per_weight()}
+            auto_ms = time_ms(lambda pool=pool, x=x: gqsa_linear(x, next(pool)))
+            rows.append(Row(case, f"gqsa w4g{g}", auto_ms, floor_bytes, flops, note=f"err {err:.1e}", extra=extra))
+            if m <= 64:
+                gemv_ms = time_ms(lambda pool=pool, x=x: gqsa_gemv(x, next(pool)))
+                rows.append(Row(case, f"gqsa w4g{g} gemv", gemv_ms, floor_bytes, flops))
+            mm_ms = time_ms(lambda pool=pool, x=x: F.linear(x, gqsa_dequantize(next(pool), x.dtype)))
+            rows.append(Row(case, f"gqsa w4g{g} deq+mm", mm_ms, floor_bytes, flops))
+    return rows
+
+
+@register("gqsa_linear")
+def run(quick: bool = False) -> list[Row]:
+    """Every shape x batch: dense bf16, torch int4 (g128), GQSA w4 g16/g128 (dispatch, GEMV, dequant+mm)."""
+    import torch
+
     if not torch.cuda.is_available():
         raise RuntimeError("the gqsa_linear benchmark needs a CUDA GPU")
-    dev = torch.device("cuda")
+    torch.manual_seed(0)
     shapes = SHAPES[:2] if quick else SHAPES
     batches = [1, 16, 512] if quick else BATCHES
     rows: list[Row] = []
-    torch.manual_seed(0)
-    bar = tqdm(total=len(shapes) * len(batches), desc="gqsa_linear", unit="case")
-    for n, k in shapes:
-        dense = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
-        dense_pool = itertools.cycle([dense.clone() for _ in range(_copies(2 * n * k))])
-        formats = {}
-        for g in (16, 128):
-            w = quantize_rtn(dense, bits=4, group_size=g)
-            formats[g] = (w, itertools.cycle([w] + [w.clone() for _ in range(_copies(w.storage_bytes()) - 1)]))
-        try:
-            tg = _tinygemm(dense)
-            tg_pool = itertools.cycle([(tg[0].clone(), tg[1].clone()) for _ in range(_copies(n * k // 2))])
-            tg_note = ""
-        except (RuntimeError, AttributeError) as err:
-            tg_pool, tg_note = None, f"unavailable: {str(err).splitlines()[0][:60]}"
-        for m in batches:
-            case = f"N={n} K={k} M={m}"
-            x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-            io = 2 * m * k + 2 * m * n
-            flops = 2.0 * m * n * k
-            rows.append(Row(case, "dense bf16", time_ms(lambda: F.linear(x, next(dense_pool))), 2 * n * k + io, flops))
-            if tg_pool is not None:
-                def tinygemm_call():
-                    packed, sz = next(tg_pool)
-                    return torch.ops.aten._weight_int4pack_mm(x, packed, 128, sz)
-                tg_bytes = n * k // 2 + (k // 128) * n * 4
-                rows.append(Row(case, "torch int4 g128", time_ms(tinygemm_call), tg_bytes + io, flops))
-            else:
-                rows.append(Row(case, "torch int4 g128", None, 0, flops, note=tg_note))
-            for g, (w0, pool) in formats.items():
-                err = rel_error(gqsa_linear(x, w0), gqsa_linear_reference(x, w0))
-                floor_bytes = w0.storage_bytes() + io
-                extra = {"rel_err_vs_reference": err, "bits_per_weight": w0.bits_per_weight()}
-                rows.append(Row(case, f"gqsa w4g{g}", time_ms(lambda: gqsa_linear(x, next(pool))), floor_bytes, flops,
-                                note=f"err {err:.1e}", extra=extra))
-                if m <= 64:
-                    rows.append(Row(case, f"gqsa w4g{g} gemv", time_ms(lambda: gqsa_gemv(x, next(pool))),
-                                    floor_bytes, flops))
-                rows.append(Row(case, f"gqsa w4g{g} deq+mm",
-                                time_ms(lambda: F.linear(x, gqsa_dequantize(next(pool), x.dtype))), floor_bytes, flops))
-            bar.update()
-        del dense_pool, formats, tg_pool
+    for n, k in tqdm(shapes, desc="gqsa_linear", unit="shape"):
+        rows += _bench_shape(n, k, batches)
         torch.cuda.empty_cache()
-    bar.close()
     return rows

@@ -42,4 +42,6 @@ def assert_close(actual: torch.Tensor, reference: torch.Tensor, dtype: torch.dty
     tol = rel_tol if rel_tol is not None else REL_TOL[dtype or actual.dtype]
     err = rel_error(actual, reference)
     if not err <= tol:
-        raise AssertionError(f"{name}: relative RMS error {err:.3e} > {tol:.1e} (SQNR {sqnr_db(actual, reference):.1f} dB)")
+        raise AssertionError(
+            f"{name}: relative RMS error {err:.3e} > {tol:.1e} (SQNR {sqnr_db(actual, reference):.1f} dB)"
+        )

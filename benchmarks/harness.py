@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import subprocess
 from collections.abc import Callable
@@ -88,6 +89,9 @@ def environment() -> dict[str, Any]:
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
+    if os.environ.get("SPARSEFLOW_COMMIT"):  # the device machine gets a copy of the tree without .git
+        info["commit"] = os.environ["SPARSEFLOW_COMMIT"]
+        return info
     try:
         info["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                         cwd=Path(__file__).parent, check=True).stdout.strip()

@@ -9,8 +9,9 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation --no-index . 2>&1 | tail -3
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$OUT/gpu.txt"
-# -p no:cacheprovider: the checkout is a copy; nothing to cache
-python3 -m pytest -q -p no:cacheprovider tests/test_gqsa_kernels.py tests/test_gqsa_format.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15
+# run from tests/'s parent but import the installed package: -p no:cacheprovider (the tree is a copy)
+python3 -m pytest -q -p no:cacheprovider tests/test_gqsa_kernels.py tests/test_gqsa_format.py 2>&1 \
+  | tee "$OUT/pytest_gpu.log" | tail -15
 for bench in "${@:-gqsa_linear}"; do
-  sparseflow bench run "$bench" --out-dir "$OUT" 2>&1 | tee "$OUT/bench_$bench.log" | grep -v "it/s\]" | tail -80
+  sparseflow bench run "$bench" --out-dir "$OUT" 2>&1 | tee "$OUT/bench_$bench.log" | grep -v "it/s\]" | tail -60
 done

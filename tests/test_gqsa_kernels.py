@@ -93,3 +93,34 @@ def test_bad_inputs_raise_clear_errors():
         gqsa_linear(torch.randn(2, 32).to(torch.float64), w)
     with pytest.raises(ValueError, match="bias"):
         gqsa_linear(torch.randn(2, 32), w, torch.randn(7))
+
+
+# Every group stored: the dense-groups kernels (fused tensor-core matmul, tile dequantize).
+DENSE_SHAPES = [(1, 37, 256), (3, 130, 384), (17, 45, 512), (70, 33, 256)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+@pytest.mark.parametrize("bits, g", [(4, 16), (4, 128), (2, 32), (8, 8)], ids=lambda v: str(v))
+@pytest.mark.parametrize("split_k", [1, 2])
+@pytest.mark.parametrize("m, n, k", DENSE_SHAPES, ids=lambda v: str(v))
+def test_dense_groups_matmul_matches_reference(m, n, k, bits, g, split_k, dtype):
+    from sparseflow.kernels.gqsa.triton_kernels import gqsa_dense_matmul
+
+    w = quantize_rtn(torch.randn(n, k), bits=bits, group_size=g).to(DEVICE)
+    x = torch.randn(m, k, device=DEVICE).to(dtype)
+    bias = torch.randn(n, device=DEVICE).to(dtype)
+    config = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=max(128, g), SPLIT_K=split_k)
+    y = gqsa_dense_matmul(x, w, bias, config=config)
+    # the weight tile is rounded to x.dtype before the tensor-core product: one more rounding than
+    # the float32 reference, so the tolerance is that of the dtype (REL_TOL), not tighter
+    assert_close(y.float(), gqsa_linear_reference(x.float(), w, bias.float()), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+@pytest.mark.parametrize("bits, g", [(4, 16), (2, 128), (8, 64)], ids=lambda v: str(v))
+def test_dense_groups_dequantize_matches_reference(bits, g, dtype):
+    from sparseflow.kernels.gqsa.triton_kernels import dense_groups_supported, gqsa_dequantize
+
+    w = quantize_rtn(torch.randn(45, 384), bits=bits, group_size=g).to(DEVICE)
+    assert dense_groups_supported(w)
+    assert_close(gqsa_dequantize(w, dtype).float(), dequantize_reference(w, dtype).float(), dtype)

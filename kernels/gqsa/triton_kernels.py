@@ -94,6 +94,82 @@ def _gqsa_dequant_kernel(
             tl.store(out_rows + k, w.to(out_ptr.dtype.element_ty), mask=gmask[:, :, None])
 
 
+@triton.jit
+def _dense_groups_matmul_kernel(
+    x_ptr, codes_ptr, scale_ptr, zero_ptr, out_ptr,
+    M, N, K, stride_xm, stride_os, stride_om,
+    G: tl.constexpr, BITS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_SPLIT: tl.constexpr,
+):
+    """Every group stored (density 1): codes are a dense ``[N, K*BITS/8]`` byte matrix and
+    scale/zero dense ``[N, K/G]``. Dequantize a ``[BLOCK_K, BLOCK_N]`` weight tile in registers and
+    feed the tensor cores. The ``CPB`` codes of a byte are multiplied with the matching strided
+    columns of x, so no interleaving is needed: sum_k x_k w_k is the same in any order."""
+    CPB: tl.constexpr = 8 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    BYTES_K: tl.constexpr = BLOCK_K // CPB
+    GROUPS_K: tl.constexpr = BLOCK_K // G
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    row_bytes = K // CPB
+    ngroups = K // G
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mmask = offs_m < M
+    nmask = offs_n < N
+    offs_b = tl.arange(0, BYTES_K)
+    offs_g = tl.arange(0, GROUPS_K)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    k_start = pid_s * K_PER_SPLIT
+    for k0 in range(k_start, k_start + K_PER_SPLIT, BLOCK_K):
+        # K is a multiple of BLOCK_K (the host checks), so only the split end needs a bound
+        if k0 < K:
+            byt = tl.load(codes_ptr + offs_n[None, :].to(tl.int64) * row_bytes + (k0 // CPB + offs_b)[:, None],
+                          mask=nmask[None, :], other=0).to(tl.int32)  # [BYTES_K, BLOCK_N]
+            gcol = k0 // G + offs_g
+            sz_off = offs_n[None, :].to(tl.int64) * ngroups + gcol[:, None]  # [GROUPS_K, BLOCK_N]
+            s = tl.load(scale_ptr + sz_off, mask=nmask[None, :], other=0.0).to(tl.float32)
+            z = tl.load(zero_ptr + sz_off, mask=nmask[None, :], other=0.0).to(tl.float32)
+            for p in tl.static_range(CPB):
+                q = ((byt >> (p * BITS)) & MASK).to(tl.float32)
+                q = tl.reshape(q, [GROUPS_K, G // CPB, BLOCK_N])
+                w = (q - z[:, None, :]) * s[:, None, :]
+                w = tl.reshape(w, [BYTES_K, BLOCK_N]).to(x_ptr.dtype.element_ty)
+                xk = k0 + offs_b * CPB + p
+                xt = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + xk[None, :], mask=mmask[:, None],
+                             other=0.0)
+                acc = tl.dot(xt, w, acc)
+    out = out_ptr + pid_s.to(tl.int64) * stride_os + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+
+
+@triton.jit
+def _dense_groups_dequant_kernel(
+    codes_ptr, scale_ptr, zero_ptr, out_ptr, N, K,
+    G: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Density-1 weight -> dense ``[N, K]``: one ``[BLOCK_N, BLOCK_K]`` tile per program."""
+    CPB: tl.constexpr = 8 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    BYTES_K: tl.constexpr = BLOCK_K // CPB
+    GROUPS_K: tl.constexpr = BLOCK_K // G
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k0 = tl.program_id(1) * BLOCK_K
+    nmask = offs_n < N
+    rows = offs_n[:, None].to(tl.int64)
+    byt = tl.load(codes_ptr + rows * (K // CPB) + (k0 // CPB + tl.arange(0, BYTES_K))[None, :],
+                  mask=nmask[:, None], other=0).to(tl.int32)  # [BLOCK_N, BYTES_K]
+    sz_off = rows * (K // G) + (k0 // G + tl.arange(0, GROUPS_K))[None, :]
+    s = tl.load(scale_ptr + sz_off, mask=nmask[:, None], other=0.0).to(tl.float32)
+    z = tl.load(zero_ptr + sz_off, mask=nmask[:, None], other=0.0).to(tl.float32)
+    for p in tl.static_range(CPB):
+        q = tl.reshape(((byt >> (p * BITS)) & MASK).to(tl.float32), [BLOCK_N, GROUPS_K, G // CPB])
+        w = tl.reshape((q - z[:, :, None]) * s[:, :, None], [BLOCK_N, BYTES_K])
+        cols = k0 + tl.arange(0, BYTES_K) * CPB + p
+        tl.store(out_ptr + rows * K + cols[None, :], w.to(out_ptr.dtype.element_ty), mask=nmask[:, None])
+
+
 def _blocks(w: GQSAWeight) -> tuple[int, int]:
     # ~32 codes bytes per row per step keeps register tiles small for every (g, bits); tuned on H200
     # by benchmarks/gqsa_linear.py (see benchmarks/results/).
@@ -119,10 +195,58 @@ def gqsa_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,
     return y
 
 
+def dense_groups_supported(w: GQSAWeight) -> bool:
+    """Every group stored and K a whole number of 128-wide tiles: the dense-groups kernels apply."""
+    return w.nnz_groups == w.out_features * w.num_group_columns and w.in_features % max(128, w.group_size) == 0
+
+
+def dense_groups_config(m: int, n: int, k: int, g: int) -> dict:
+    """Tile sizes for ``gqsa_dense_matmul`` (see benchmarks/results for the sweep that set them)."""
+    block_m = 16 if m <= 16 else 32 if m <= 32 else 64
+    block_n = 64
+    block_k = max(128, g)
+    tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
+    # split K until the grid covers the 132 SMs about twice, keeping >= 4 K tiles per split
+    split = 1
+    while tiles * split < 264 and k // (block_k * split * 2) >= 4:
+        split *= 2
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split, num_warps=4, num_stages=3)
+
+
+def gqsa_dense_matmul(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,
+                      config: dict | None = None) -> torch.Tensor:
+    """``x [M, K] @ W.T (+ bias)`` for a weight whose groups are all stored (``w.density() == 1``)."""
+    m, k = x.shape
+    n = w.out_features
+    if w.nnz_groups != n * w.num_group_columns:
+        raise ValueError("gqsa_dense_matmul needs every group stored; use gqsa_gemv for pruned weights")
+    cfg = dict(config or dense_groups_config(m, n, k, w.group_size))
+    split = cfg.pop("SPLIT_K")
+    block_k = cfg["BLOCK_K"]
+    if k % block_k:
+        raise ValueError(f"K={k} is not a multiple of BLOCK_K={block_k}")
+    k_per_split = triton.cdiv(k // block_k, split) * block_k
+    out = torch.empty(split, m, n, dtype=torch.float32 if split > 1 else x.dtype, device=x.device)
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]), split)
+    _dense_groups_matmul_kernel[grid](
+        x, w.codes, w.scale, w.zero, out, m, n, k, x.stride(0), out.stride(0), out.stride(1),
+        G=w.group_size, BITS=w.bits, K_PER_SPLIT=k_per_split, **cfg,
+    )
+    y = out[0] if split == 1 else out.sum(0).to(x.dtype)
+    return y if bias is None else y + bias
+
+
 def gqsa_dequantize(w: GQSAWeight, dtype: torch.dtype) -> torch.Tensor:
     """Dense ``[N, K]`` weight in ``dtype`` (pruned groups zero)."""
     n, k = w.out_features, w.in_features
     dense_groups = n * w.num_group_columns
+    block_k = max(128, w.group_size)
+    if w.nnz_groups == dense_groups and k % block_k == 0:
+        out = torch.empty(n, k, dtype=dtype, device=w.device)
+        _dense_groups_dequant_kernel[(triton.cdiv(n, 32), k // block_k)](
+            w.codes, w.scale, w.zero, out, n, k, G=w.group_size, BITS=w.bits, BLOCK_N=32, BLOCK_K=block_k,
+        )
+        return out
     # every group stored: every element gets written, so skip the zero fill
     out = (torch.empty if w.nnz_groups == dense_groups else torch.zeros)(n, k, dtype=dtype, device=w.device)
     block_r, block_g = _blocks(w)

@@ -37,7 +37,7 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
     import torch
     import torch.nn.functional as F
     from sparseflow.kernels.gqsa import gqsa_linear, gqsa_linear_reference, quantize_rtn
-    from sparseflow.kernels.gqsa.triton_kernels import gqsa_dequantize, gqsa_gemv
+    from sparseflow.kernels.gqsa.triton_kernels import gqsa_dense_gemv, gqsa_dense_matmul, gqsa_dequantize
     from sparseflow.kernels.testing import rel_error
 
     dev = torch.device("cuda")
@@ -76,9 +76,12 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
             extra = {"rel_err_vs_reference": err, "bits_per_weight": w0.bits_per_weight()}
             auto_ms = time_ms(lambda pool=pool, x=x: gqsa_linear(x, next(pool)))
             rows.append(Row(case, f"gqsa w4g{g}", auto_ms, floor_bytes, flops, note=f"err {err:.1e}", extra=extra))
-            if m <= 64:
-                gemv_ms = time_ms(lambda pool=pool, x=x: gqsa_gemv(x, next(pool)))
+            if m <= 16:
+                gemv_ms = time_ms(lambda pool=pool, x=x: gqsa_dense_gemv(x, next(pool)))
                 rows.append(Row(case, f"gqsa w4g{g} gemv", gemv_ms, floor_bytes, flops))
+            if m <= 128:
+                fused_ms = time_ms(lambda pool=pool, x=x: gqsa_dense_matmul(x, next(pool)))
+                rows.append(Row(case, f"gqsa w4g{g} fused-mm", fused_ms, floor_bytes, flops))
             mm_ms = time_ms(lambda pool=pool, x=x: F.linear(x, gqsa_dequantize(next(pool), x.dtype)))
             rows.append(Row(case, f"gqsa w4g{g} deq+mm", mm_ms, floor_bytes, flops))
     return rows
@@ -86,7 +89,7 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
 
 @register("gqsa_linear")
 def run(quick: bool = False) -> list[Row]:
-    """Every shape x batch: dense bf16, torch int4 (g128), GQSA w4 g16/g128 (dispatch, GEMV, dequant+mm)."""
+    """Every shape x batch: dense bf16, torch int4 (g128), GQSA w4 g16/g128 (dispatch and each path)."""
     import torch
 
     if not torch.cuda.is_available():

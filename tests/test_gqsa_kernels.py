@@ -124,3 +124,16 @@ def test_dense_groups_dequantize_matches_reference(bits, g, dtype):
     w = quantize_rtn(torch.randn(45, 384), bits=bits, group_size=g).to(DEVICE)
     assert dense_groups_supported(w)
     assert_close(gqsa_dequantize(w, dtype).float(), dequantize_reference(w, dtype).float(), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+@pytest.mark.parametrize("bits, g", [(4, 16), (4, 128), (2, 32), (8, 8)], ids=lambda v: str(v))
+@pytest.mark.parametrize("m, n, k", [(1, 37, 256), (3, 130, 384), (2, 9, 640)], ids=lambda v: str(v))
+def test_dense_groups_gemv_matches_reference(m, n, k, bits, g, dtype):
+    from sparseflow.kernels.gqsa.triton_kernels import gqsa_dense_gemv
+
+    w = quantize_rtn(torch.randn(n, k), bits=bits, group_size=g).to(DEVICE)
+    x = torch.randn(m, k, device=DEVICE).to(dtype)
+    bias = torch.randn(n, device=DEVICE).to(dtype)
+    y = gqsa_dense_gemv(x, w, bias, config=dict(BLOCK_N=8, BLOCK_B=64))  # 64-byte steps: a partial last step
+    assert_close(y.float(), gqsa_linear_reference(x.float(), w, bias.float()), dtype)

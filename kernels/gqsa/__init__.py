@@ -47,6 +47,7 @@ __all__ = [
 # Largest batch (rows of x) that takes a fused kernel (weights read once, compressed); above it,
 # dequantize + cuBLAS wins. Set from the M sweep in benchmarks/results/gqsa_linear-*.json (H200).
 GEMV_MAX_M = 8  # pruned weights: row-block GEMV
+DENSE_GEMV_MAX_M = 4  # every group stored: CUDA-core GEMV
 FUSED_MAX_M = 64  # every group stored: fused dequantize + tensor-core matmul
 ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -92,13 +93,21 @@ def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None
         raise ValueError(f"bias has shape {tuple(bias.shape)}; expected ({w.out_features},)")
     if not _triton_path(w, x.device):
         return gqsa_linear_reference(x, w, bias)
-    from .triton_kernels import dense_groups_supported, gqsa_dense_matmul, gqsa_dequantize, gqsa_gemv
+    from .triton_kernels import (
+        dense_groups_supported,
+        gqsa_dense_gemv,
+        gqsa_dense_matmul,
+        gqsa_dequantize,
+        gqsa_gemv,
+    )
 
     x2 = x.reshape(-1, w.in_features)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     m = x2.shape[0]
-    if dense_groups_supported(w) and m <= FUSED_MAX_M:
+    if dense_groups_supported(w) and m <= DENSE_GEMV_MAX_M:
+        y = gqsa_dense_gemv(x2, w, bias)
+    elif dense_groups_supported(w) and m <= FUSED_MAX_M:
         y = gqsa_dense_matmul(x2, w, bias)
     elif not dense_groups_supported(w) and m <= GEMV_MAX_M:
         y = gqsa_gemv(x2, w, bias)

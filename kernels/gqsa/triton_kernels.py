@@ -95,20 +95,57 @@ def _gqsa_dequant_kernel(
 
 
 @triton.jit
+def _dense_groups_gemv_kernel(
+    x_ptr, codes_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr,
+    N, K, stride_xm, stride_ym,
+    HAS_BIAS: tl.constexpr, G: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
+):
+    """Every group stored, few input rows (decode): CUDA-core GEMV over ``[BLOCK_N, BLOCK_B]`` byte
+    tiles read contiguously along K. Scale and zero are gathered per byte (repeated addresses hit L1),
+    and products accumulate elementwise; the one reduction happens after the K loop."""
+    CPB: tl.constexpr = 8 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    pid_m = tl.program_id(0)  # fastest: programs sharing a weight tile run together and share L2
+    pid_n = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = offs_n < N
+    rows = offs_n[:, None].to(tl.int64)
+    row_bytes = K // CPB
+    ngroups = K // G
+    offs_b = tl.arange(0, BLOCK_B)
+    x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
+    acc = tl.zeros([BLOCK_N, BLOCK_B], dtype=tl.float32)
+    for b0 in range(0, row_bytes, BLOCK_B):
+        bb = b0 + offs_b
+        bmask = bb < row_bytes
+        mask = nmask[:, None] & bmask[None, :]
+        byt = tl.load(codes_ptr + rows * row_bytes + bb[None, :], mask=mask, other=0).to(tl.int32)
+        sz = rows * ngroups + (bb * CPB // G)[None, :]
+        s = tl.load(scale_ptr + sz, mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(zero_ptr + sz, mask=mask, other=0.0).to(tl.float32)
+        for p in tl.static_range(CPB):
+            q = ((byt >> (p * BITS)) & MASK).to(tl.float32)
+            xv = tl.load(x_row + bb * CPB + p, mask=bmask, other=0.0).to(tl.float32)
+            acc += (q - z) * s * xv[None, :]
+    y = tl.sum(acc, axis=1)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + pid_m.to(tl.int64) * stride_ym + offs_n, y.to(y_ptr.dtype.element_ty), mask=nmask)
+
+
+@triton.jit
 def _dense_groups_matmul_kernel(
     x_ptr, codes_ptr, scale_ptr, zero_ptr, out_ptr,
     M, N, K, stride_xm, stride_os, stride_om,
-    G: tl.constexpr, BITS: tl.constexpr,
+    G: tl.constexpr, BITS: tl.constexpr, DOT_IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_PER_SPLIT: tl.constexpr,
 ):
-    """Every group stored (density 1): codes are a dense ``[N, K*BITS/8]`` byte matrix and
-    scale/zero dense ``[N, K/G]``. Dequantize a ``[BLOCK_K, BLOCK_N]`` weight tile in registers and
-    feed the tensor cores. The ``CPB`` codes of a byte are multiplied with the matching strided
-    columns of x, so no interleaving is needed: sum_k x_k w_k is the same in any order."""
+    """Every group stored: dequantize a ``[BLOCK_K/CPB, BLOCK_N]`` weight tile per code position in
+    registers and feed the tensor cores. The ``CPB`` codes of a byte are multiplied with the matching
+    strided columns of x, so nothing is interleaved: sum_k x_k w_k is the same in any order."""
     CPB: tl.constexpr = 8 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     BYTES_K: tl.constexpr = BLOCK_K // CPB
-    GROUPS_K: tl.constexpr = BLOCK_K // G
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -118,28 +155,28 @@ def _dense_groups_matmul_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mmask = offs_m < M
     nmask = offs_n < N
+    cols = offs_n[None, :].to(tl.int64)
     offs_b = tl.arange(0, BYTES_K)
-    offs_g = tl.arange(0, GROUPS_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     k_start = pid_s * K_PER_SPLIT
     for k0 in range(k_start, k_start + K_PER_SPLIT, BLOCK_K):
-        # K is a multiple of BLOCK_K (the host checks), so only the split end needs a bound
+        # K is a multiple of BLOCK_K (the host checks), so only the split's end needs a bound
         if k0 < K:
-            byt = tl.load(codes_ptr + offs_n[None, :].to(tl.int64) * row_bytes + (k0 // CPB + offs_b)[:, None],
-                          mask=nmask[None, :], other=0).to(tl.int32)  # [BYTES_K, BLOCK_N]
-            gcol = k0 // G + offs_g
-            sz_off = offs_n[None, :].to(tl.int64) * ngroups + gcol[:, None]  # [GROUPS_K, BLOCK_N]
-            s = tl.load(scale_ptr + sz_off, mask=nmask[None, :], other=0.0).to(tl.float32)
-            z = tl.load(zero_ptr + sz_off, mask=nmask[None, :], other=0.0).to(tl.float32)
+            bb = k0 // CPB + offs_b
+            byt = tl.load(codes_ptr + cols * row_bytes + bb[:, None], mask=nmask[None, :], other=0).to(tl.int32)
+            sz = cols * ngroups + (bb * CPB // G)[:, None]  # [BYTES_K, BLOCK_N], repeated per group
+            s = tl.load(scale_ptr + sz, mask=nmask[None, :], other=0.0).to(tl.float32)
+            z = tl.load(zero_ptr + sz, mask=nmask[None, :], other=0.0).to(tl.float32)
             for p in tl.static_range(CPB):
                 q = ((byt >> (p * BITS)) & MASK).to(tl.float32)
-                q = tl.reshape(q, [GROUPS_K, G // CPB, BLOCK_N])
-                w = (q - z[:, None, :]) * s[:, None, :]
-                w = tl.reshape(w, [BYTES_K, BLOCK_N]).to(x_ptr.dtype.element_ty)
-                xk = k0 + offs_b * CPB + p
+                w = ((q - z) * s).to(x_ptr.dtype.element_ty)
+                xk = bb * CPB + p
                 xt = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + xk[None, :], mask=mmask[:, None],
                              other=0.0)
-                acc = tl.dot(xt, w, acc)
+                if DOT_IEEE:
+                    acc = tl.dot(xt, w, acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(xt, w, acc)
     out = out_ptr + pid_s.to(tl.int64) * stride_os + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
 
@@ -147,27 +184,23 @@ def _dense_groups_matmul_kernel(
 @triton.jit
 def _dense_groups_dequant_kernel(
     codes_ptr, scale_ptr, zero_ptr, out_ptr, N, K,
-    G: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    G: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
-    """Density-1 weight -> dense ``[N, K]``: one ``[BLOCK_N, BLOCK_K]`` tile per program."""
+    """Every group stored -> dense ``[N, K]``: one ``[BLOCK_N, BLOCK_B]`` byte tile per program."""
     CPB: tl.constexpr = 8 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
-    BYTES_K: tl.constexpr = BLOCK_K // CPB
-    GROUPS_K: tl.constexpr = BLOCK_K // G
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    k0 = tl.program_id(1) * BLOCK_K
-    nmask = offs_n < N
+    bb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_bytes = K // CPB
+    mask = (offs_n < N)[:, None] & (bb < row_bytes)[None, :]
     rows = offs_n[:, None].to(tl.int64)
-    byt = tl.load(codes_ptr + rows * (K // CPB) + (k0 // CPB + tl.arange(0, BYTES_K))[None, :],
-                  mask=nmask[:, None], other=0).to(tl.int32)  # [BLOCK_N, BYTES_K]
-    sz_off = rows * (K // G) + (k0 // G + tl.arange(0, GROUPS_K))[None, :]
-    s = tl.load(scale_ptr + sz_off, mask=nmask[:, None], other=0.0).to(tl.float32)
-    z = tl.load(zero_ptr + sz_off, mask=nmask[:, None], other=0.0).to(tl.float32)
+    byt = tl.load(codes_ptr + rows * row_bytes + bb[None, :], mask=mask, other=0).to(tl.int32)
+    sz = rows * (K // G) + (bb * CPB // G)[None, :]
+    s = tl.load(scale_ptr + sz, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(zero_ptr + sz, mask=mask, other=0.0).to(tl.float32)
     for p in tl.static_range(CPB):
-        q = tl.reshape(((byt >> (p * BITS)) & MASK).to(tl.float32), [BLOCK_N, GROUPS_K, G // CPB])
-        w = tl.reshape((q - z[:, :, None]) * s[:, :, None], [BLOCK_N, BYTES_K])
-        cols = k0 + tl.arange(0, BYTES_K) * CPB + p
-        tl.store(out_ptr + rows * K + cols[None, :], w.to(out_ptr.dtype.element_ty), mask=nmask[:, None])
+        w = (((byt >> (p * BITS)) & MASK).to(tl.float32) - z) * s
+        tl.store(out_ptr + rows * K + (bb * CPB + p)[None, :], w.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _blocks(w: GQSAWeight) -> tuple[int, int]:
@@ -230,21 +263,43 @@ def gqsa_dense_matmul(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None 
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]), split)
     _dense_groups_matmul_kernel[grid](
         x, w.codes, w.scale, w.zero, out, m, n, k, x.stride(0), out.stride(0), out.stride(1),
-        G=w.group_size, BITS=w.bits, K_PER_SPLIT=k_per_split, **cfg,
+        G=w.group_size, BITS=w.bits, DOT_IEEE=x.dtype == torch.float32, K_PER_SPLIT=k_per_split, **cfg,
     )
     y = out[0] if split == 1 else out.sum(0).to(x.dtype)
     return y if bias is None else y + bias
+
+
+def dense_gemv_config(n: int) -> dict:
+    """Tiles for ``gqsa_dense_gemv`` (benchmarks/results/gqsa_tiles-*.json holds the sweep)."""
+    return dict(BLOCK_N=8, BLOCK_B=128, num_warps=4)
+
+
+def gqsa_dense_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,
+                    config: dict | None = None) -> torch.Tensor:
+    """``x [M, K] @ W.T (+ bias)`` on CUDA cores for small M, every group stored."""
+    m, k = x.shape
+    n = w.out_features
+    if w.nnz_groups != n * w.num_group_columns:
+        raise ValueError("gqsa_dense_gemv needs every group stored; use gqsa_gemv for pruned weights")
+    cfg = config or dense_gemv_config(n)
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    grid = (m, triton.cdiv(n, cfg["BLOCK_N"]))
+    _dense_groups_gemv_kernel[grid](
+        x, w.codes, w.scale, w.zero, bias if bias is not None else y, y, n, k, x.stride(0), y.stride(0),
+        HAS_BIAS=bias is not None, G=w.group_size, BITS=w.bits, **cfg,
+    )
+    return y
 
 
 def gqsa_dequantize(w: GQSAWeight, dtype: torch.dtype) -> torch.Tensor:
     """Dense ``[N, K]`` weight in ``dtype`` (pruned groups zero)."""
     n, k = w.out_features, w.in_features
     dense_groups = n * w.num_group_columns
-    block_k = max(128, w.group_size)
-    if w.nnz_groups == dense_groups and k % block_k == 0:
+    if w.nnz_groups == dense_groups:
         out = torch.empty(n, k, dtype=dtype, device=w.device)
-        _dense_groups_dequant_kernel[(triton.cdiv(n, 32), k // block_k)](
-            w.codes, w.scale, w.zero, out, n, k, G=w.group_size, BITS=w.bits, BLOCK_N=32, BLOCK_K=block_k,
+        row_bytes = k * w.bits // 8
+        _dense_groups_dequant_kernel[(triton.cdiv(n, 16), triton.cdiv(row_bytes, 128))](
+            w.codes, w.scale, w.zero, out, n, k, G=w.group_size, BITS=w.bits, BLOCK_N=16, BLOCK_B=128,
         )
         return out
     # every group stored: every element gets written, so skip the zero fill

@@ -10,8 +10,8 @@ from tqdm.auto import tqdm
 from .gqsa_linear import SHAPES, _copies
 from .harness import Row, register, time_ms
 
-GEMV_CONFIGS = [dict(BLOCK_N=bn, BLOCK_B=bb, num_warps=nw)
-                for bn, bb, nw in itertools.product((4, 8, 16, 32), (64, 128, 256), (4, 8))]
+GEMV_CONFIGS = [dict(BLOCK_N=bn, BLOCK_W=bw, num_warps=nw)
+                for bn, bw, nw in itertools.product((4, 8, 16, 32), (16, 32, 64), (4, 8))]
 FUSED_CONFIGS = [dict(BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=4, num_stages=3)
                  for bn, bk, sk in itertools.product((32, 64, 128), (128, 256), (1, 2, 4, 8))]
 

@@ -135,5 +135,5 @@ def test_dense_groups_gemv_matches_reference(m, n, k, bits, g, dtype):
     w = quantize_rtn(torch.randn(n, k), bits=bits, group_size=g).to(DEVICE)
     x = torch.randn(m, k, device=DEVICE).to(dtype)
     bias = torch.randn(n, device=DEVICE).to(dtype)
-    y = gqsa_dense_gemv(x, w, bias, config=dict(BLOCK_N=8, BLOCK_B=64))  # 64-byte steps: a partial last step
+    y = gqsa_dense_gemv(x, w, bias, config=dict(BLOCK_N=8, BLOCK_W=16))  # 16-word steps: partial last steps
     assert_close(y.float(), gqsa_linear_reference(x.float(), w, bias.float()), dtype)

@@ -96,37 +96,41 @@ def _gqsa_dequant_kernel(
 
 @triton.jit
 def _dense_groups_gemv_kernel(
-    x_ptr, codes_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr,
+    x_ptr, words_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr,
     N, K, stride_xm, stride_ym,
-    HAS_BIAS: tl.constexpr, G: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
+    HAS_BIAS: tl.constexpr, G: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    """Every group stored, few input rows (decode): CUDA-core GEMV over ``[BLOCK_N, BLOCK_B]`` byte
-    tiles read contiguously along K. Scale and zero are gathered per byte (repeated addresses hit L1),
-    and products accumulate elementwise; the one reduction happens after the K loop."""
-    CPB: tl.constexpr = 8 // BITS
+    """Every group stored, few input rows (decode): CUDA-core GEMV over ``[BLOCK_N, BLOCK_W]`` tiles of
+    32-bit words (``CPW`` codes each) read contiguously along K. Per word it forms
+    ``sum q*x`` and uses ``sum_i (q_i - z) s x_i = s (sum q_i x_i - z sum x_i)``, so the scale and
+    zero (gathered per word; repeats hit L1) are applied once per word, not per code."""
+    CPW: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     pid_m = tl.program_id(0)  # fastest: programs sharing a weight tile run together and share L2
     pid_n = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < N
     rows = offs_n[:, None].to(tl.int64)
-    row_bytes = K // CPB
+    row_words = K // CPW
     ngroups = K // G
-    offs_b = tl.arange(0, BLOCK_B)
+    offs_w = tl.arange(0, BLOCK_W)
     x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
-    acc = tl.zeros([BLOCK_N, BLOCK_B], dtype=tl.float32)
-    for b0 in range(0, row_bytes, BLOCK_B):
-        bb = b0 + offs_b
-        bmask = bb < row_bytes
-        mask = nmask[:, None] & bmask[None, :]
-        byt = tl.load(codes_ptr + rows * row_bytes + bb[None, :], mask=mask, other=0).to(tl.int32)
-        sz = rows * ngroups + (bb * CPB // G)[None, :]
+    acc = tl.zeros([BLOCK_N, BLOCK_W], dtype=tl.float32)
+    for w0 in range(0, row_words, BLOCK_W):
+        ww = w0 + offs_w
+        wmask = ww < row_words
+        mask = nmask[:, None] & wmask[None, :]
+        word = tl.load(words_ptr + rows * row_words + ww[None, :], mask=mask, other=0)
+        sz = rows * ngroups + (ww * CPW // G)[None, :]
         s = tl.load(scale_ptr + sz, mask=mask, other=0.0).to(tl.float32)
         z = tl.load(zero_ptr + sz, mask=mask, other=0.0).to(tl.float32)
-        for p in tl.static_range(CPB):
-            q = ((byt >> (p * BITS)) & MASK).to(tl.float32)
-            xv = tl.load(x_row + bb * CPB + p, mask=bmask, other=0.0).to(tl.float32)
-            acc += (q - z) * s * xv[None, :]
+        qx = tl.zeros([BLOCK_N, BLOCK_W], dtype=tl.float32)
+        xs = tl.zeros([BLOCK_W], dtype=tl.float32)
+        for c in tl.static_range(CPW):
+            xv = tl.load(x_row + ww * CPW + c, mask=wmask, other=0.0).to(tl.float32)
+            qx += ((word >> (c * BITS)) & MASK).to(tl.float32) * xv[None, :]
+            xs += xv
+        acc += s * (qx - z * xs[None, :])
     y = tl.sum(acc, axis=1)
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
@@ -183,24 +187,27 @@ def _dense_groups_matmul_kernel(
 
 @triton.jit
 def _dense_groups_dequant_kernel(
-    codes_ptr, scale_ptr, zero_ptr, out_ptr, N, K,
-    G: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
+    words_ptr, scale_ptr, zero_ptr, out_ptr, N, K,
+    G: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    """Every group stored -> dense ``[N, K]``: one ``[BLOCK_N, BLOCK_B]`` byte tile per program."""
-    CPB: tl.constexpr = 8 // BITS
+    """Every group stored -> dense ``[N, K]``. A ``[BLOCK_N, BLOCK_W, CPW]`` tile: each 32-bit word
+    expands along the last axis into its ``CPW`` consecutive weights, so stores are contiguous."""
+    CPW: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    bb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_bytes = K // CPB
-    mask = (offs_n < N)[:, None] & (bb < row_bytes)[None, :]
+    ww = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    row_words = K // CPW
+    mask = (offs_n < N)[:, None] & (ww < row_words)[None, :]
     rows = offs_n[:, None].to(tl.int64)
-    byt = tl.load(codes_ptr + rows * row_bytes + bb[None, :], mask=mask, other=0).to(tl.int32)
-    sz = rows * (K // G) + (bb * CPB // G)[None, :]
+    word = tl.load(words_ptr + rows * row_words + ww[None, :], mask=mask, other=0)
+    sz = rows * (K // G) + (ww * CPW // G)[None, :]
     s = tl.load(scale_ptr + sz, mask=mask, other=0.0).to(tl.float32)
     z = tl.load(zero_ptr + sz, mask=mask, other=0.0).to(tl.float32)
-    for p in tl.static_range(CPB):
-        w = (((byt >> (p * BITS)) & MASK).to(tl.float32) - z) * s
-        tl.store(out_ptr + rows * K + (bb * CPB + p)[None, :], w.to(out_ptr.dtype.element_ty), mask=mask)
+    c = tl.arange(0, CPW)
+    q = ((word[:, :, None] >> (c * BITS)[None, None, :]) & MASK).to(tl.float32)
+    w = (q - z[:, :, None]) * s[:, :, None]
+    cols = (ww * CPW)[None, :, None] + c[None, None, :]
+    tl.store(out_ptr + rows[:, :, None] * K + cols, w.to(out_ptr.dtype.element_ty), mask=mask[:, :, None])
 
 
 def _blocks(w: GQSAWeight) -> tuple[int, int]:
@@ -270,8 +277,8 @@ def gqsa_dense_matmul(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None 
 
 
 def dense_gemv_config(n: int) -> dict:
-    """Tiles for ``gqsa_dense_gemv`` (benchmarks/results/gqsa_tiles-*.json holds the sweep)."""
-    return dict(BLOCK_N=8, BLOCK_B=128, num_warps=4)
+    """Tiles for ``gqsa_dense_gemv``."""
+    return dict(BLOCK_N=16, BLOCK_W=32, num_warps=4)
 
 
 def gqsa_dense_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,
@@ -282,10 +289,13 @@ def gqsa_dense_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = 
     if w.nnz_groups != n * w.num_group_columns:
         raise ValueError("gqsa_dense_gemv needs every group stored; use gqsa_gemv for pruned weights")
     cfg = config or dense_gemv_config(n)
+    if (k * w.bits) % 32:
+        raise ValueError(f"gqsa_dense_gemv reads 32-bit words: K*bits={k * w.bits} must be a multiple of 32")
+    words = w.codes.reshape(-1).view(torch.int32)  # little-endian: code c of a word sits at bits c*BITS
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     grid = (m, triton.cdiv(n, cfg["BLOCK_N"]))
     _dense_groups_gemv_kernel[grid](
-        x, w.codes, w.scale, w.zero, bias if bias is not None else y, y, n, k, x.stride(0), y.stride(0),
+        x, words, w.scale, w.zero, bias if bias is not None else y, y, n, k, x.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, G=w.group_size, BITS=w.bits, **cfg,
     )
     return y
@@ -295,11 +305,12 @@ def gqsa_dequantize(w: GQSAWeight, dtype: torch.dtype) -> torch.Tensor:
     """Dense ``[N, K]`` weight in ``dtype`` (pruned groups zero)."""
     n, k = w.out_features, w.in_features
     dense_groups = n * w.num_group_columns
-    if w.nnz_groups == dense_groups:
+    if w.nnz_groups == dense_groups and (k * w.bits) % 32 == 0:
         out = torch.empty(n, k, dtype=dtype, device=w.device)
-        row_bytes = k * w.bits // 8
-        _dense_groups_dequant_kernel[(triton.cdiv(n, 16), triton.cdiv(row_bytes, 128))](
-            w.codes, w.scale, w.zero, out, n, k, G=w.group_size, BITS=w.bits, BLOCK_N=16, BLOCK_B=128,
+        row_words = k * w.bits // 32
+        _dense_groups_dequant_kernel[(triton.cdiv(n, 16), triton.cdiv(row_words, 32))](
+            w.codes.reshape(-1).view(torch.int32), w.scale, w.zero, out, n, k,
+            G=w.group_size, BITS=w.bits, BLOCK_N=16, BLOCK_W=32,
         )
         return out
     # every group stored: every element gets written, so skip the zero fill

@@ -1,7 +1,7 @@
 """GQSA linear: group-quantized, group-sparse weights (format in ``format.py``).
 
-Public entry point: ``gqsa_linear(x, w, bias)``. On CUDA it runs Triton: the GEMV kernel for
-small batches (decode) and dequantize + cuBLAS for larger ones (prefill). Elsewhere, or for
+Public entry point: ``gqsa_linear(x, w, bias)``. On CUDA it runs Triton: a GEMV kernel that
+reads the compressed weight for decode (one row of x) and dequantize + cuBLAS for larger batches. Elsewhere, or for
 3-bit codes, it runs the torch reference and says so once in the log.
 """
 
@@ -44,11 +44,13 @@ __all__ = [
     "unpack_codes",
 ]
 
-# Largest batch (rows of x) that takes a fused kernel (weights read once, compressed); above it,
-# dequantize + cuBLAS wins. Set from the M sweep in benchmarks/results/gqsa_linear-*.json (H200).
-GEMV_MAX_M = 8  # pruned weights: row-block GEMV
-DENSE_GEMV_MAX_M = 4  # every group stored: CUDA-core GEMV
-FUSED_MAX_M = 64  # every group stored: fused dequantize + tensor-core matmul
+# Batch (rows of x) cut-offs between kernels, from the H200 M sweep in
+# benchmarks/results/gqsa_linear-NVIDIA_H200.json (commit 5c1dfad): with every group stored, the word
+# GEMV wins only at M=1; from M=2 on, dequantize + cuBLAS beat both the GEMV and the fused
+# dequantize+tl.dot kernel (e.g. 28672x8192, M=2: 0.41 ms vs 0.46 / 0.49), so the fused kernel is not
+# dispatched to until it is faster. Pruned weights take the row-block GEMV up to GEMV_MAX_M.
+DENSE_GEMV_MAX_M = 1
+GEMV_MAX_M = 8
 ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -96,7 +98,6 @@ def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None
     from .triton_kernels import (
         dense_groups_supported,
         gqsa_dense_gemv,
-        gqsa_dense_matmul,
         gqsa_dequantize,
         gqsa_gemv,
     )
@@ -107,8 +108,6 @@ def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None
     m = x2.shape[0]
     if dense_groups_supported(w) and m <= DENSE_GEMV_MAX_M:
         y = gqsa_dense_gemv(x2, w, bias)
-    elif dense_groups_supported(w) and m <= FUSED_MAX_M:
-        y = gqsa_dense_matmul(x2, w, bias)
     elif not dense_groups_supported(w) and m <= GEMV_MAX_M:
         y = gqsa_gemv(x2, w, bias)
     else:

@@ -236,21 +236,16 @@ def gqsa_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,
 
 
 def dense_groups_supported(w: GQSAWeight) -> bool:
-    """Every group stored and K a whole number of 128-wide tiles: the dense-groups kernels apply."""
-    return w.nnz_groups == w.out_features * w.num_group_columns and w.in_features % max(128, w.group_size) == 0
+    """Every group stored and rows a whole number of 32-bit words: the dense-groups GEMV and
+    dequantize apply (``gqsa_dense_matmul`` also needs K to be a multiple of its BLOCK_K)."""
+    return w.nnz_groups == w.out_features * w.num_group_columns and (w.in_features * w.bits) % 32 == 0
 
 
 def dense_groups_config(m: int, n: int, k: int, g: int) -> dict:
-    """Tile sizes for ``gqsa_dense_matmul`` (see benchmarks/results for the sweep that set them)."""
+    """Tiles for ``gqsa_dense_matmul``: the best single config of the H200 sweep at M=16
+    (benchmarks/results/gqsa_tiles-NVIDIA_H200.json), on average within 4% of each shape's best."""
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64
-    block_n = 64
-    block_k = max(128, g)
-    tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
-    # split K until the grid covers the 132 SMs about twice, keeping >= 4 K tiles per split
-    split = 1
-    while tiles * split < 264 and k // (block_k * split * 2) >= 4:
-        split *= 2
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split, num_warps=4, num_stages=3)
+    return dict(BLOCK_M=block_m, BLOCK_N=64, BLOCK_K=max(256, g), SPLIT_K=4, num_warps=4, num_stages=3)
 
 
 def gqsa_dense_matmul(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,
@@ -277,8 +272,9 @@ def gqsa_dense_matmul(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None 
 
 
 def dense_gemv_config(n: int) -> dict:
-    """Tiles for ``gqsa_dense_gemv``."""
-    return dict(BLOCK_N=16, BLOCK_W=32, num_warps=4)
+    """Tiles for ``gqsa_dense_gemv``: the best single config of the H200 sweep
+    (benchmarks/results/gqsa_tiles-NVIDIA_H200.json), on average within 3% of each shape's best."""
+    return dict(BLOCK_N=4, BLOCK_W=32, num_warps=4)
 
 
 def gqsa_dense_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,

@@ -88,7 +88,9 @@ def bench_run(
     """Run a benchmark on the GPU, print the ratio table and save JSON."""
     from sparseflow.benchmarks import harness
 
-    rows = harness.get(name)(quick=quick)
+    runner = harness.get(name)
+    harness.warm_up_gpu()
+    rows = runner(quick=quick)
     console.print(harness.format_table(rows, baseline), markup=False, highlight=False)
     path = harness.save(name, rows, out_dir)
     console.print(f"saved {path}")

@@ -210,9 +210,23 @@ def _dense_groups_dequant_kernel(
     tl.store(out_ptr + rows[:, :, None] * K + cols, w.to(out_ptr.dtype.element_ty), mask=mask[:, :, None])
 
 
+def _all_groups_stored(w: GQSAWeight) -> bool:
+    return w.nnz_groups == w.out_features * w.num_group_columns
+
+
+def _require_all_groups_stored(w: GQSAWeight, kernel: str) -> None:
+    if not _all_groups_stored(w):
+        raise ValueError(f"{kernel} needs every group stored; use gqsa_gemv for pruned weights")
+
+
+def _as_words(w: GQSAWeight) -> torch.Tensor:
+    """The codes as 32-bit words (little-endian: code c of a word sits at bits c*BITS)."""
+    return w.codes.reshape(-1).view(torch.int32)
+
+
 def _blocks(w: GQSAWeight) -> tuple[int, int]:
-    # ~32 codes bytes per row per step keeps register tiles small for every (g, bits); tuned on H200
-    # by benchmarks/gqsa_linear.py (see benchmarks/results/).
+    # ~64 code bytes per row per step keeps register tiles small for every (g, bits). Not tuned: this
+    # row-block kernel serves pruned weights only, which the GQSA issue re-partitions.
     block_g = max(1, 64 // (w.group_size * w.bits // 8))
     return 16, min(block_g, 64)
 
@@ -238,7 +252,7 @@ def gqsa_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,
 def dense_groups_supported(w: GQSAWeight) -> bool:
     """Every group stored and rows a whole number of 32-bit words: the dense-groups GEMV and
     dequantize apply (``gqsa_dense_matmul`` also needs K to be a multiple of its BLOCK_K)."""
-    return w.nnz_groups == w.out_features * w.num_group_columns and (w.in_features * w.bits) % 32 == 0
+    return _all_groups_stored(w) and (w.in_features * w.bits) % 32 == 0
 
 
 def dense_groups_config(m: int, n: int, k: int, g: int) -> dict:
@@ -253,8 +267,7 @@ def gqsa_dense_matmul(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None 
     """``x [M, K] @ W.T (+ bias)`` for a weight whose groups are all stored (``w.density() == 1``)."""
     m, k = x.shape
     n = w.out_features
-    if w.nnz_groups != n * w.num_group_columns:
-        raise ValueError("gqsa_dense_matmul needs every group stored; use gqsa_gemv for pruned weights")
+    _require_all_groups_stored(w, "gqsa_dense_matmul")
     cfg = dict(config or dense_groups_config(m, n, k, w.group_size))
     split = cfg.pop("SPLIT_K")
     block_k = cfg["BLOCK_K"]
@@ -282,16 +295,14 @@ def gqsa_dense_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = 
     """``x [M, K] @ W.T (+ bias)`` on CUDA cores for small M, every group stored."""
     m, k = x.shape
     n = w.out_features
-    if w.nnz_groups != n * w.num_group_columns:
-        raise ValueError("gqsa_dense_gemv needs every group stored; use gqsa_gemv for pruned weights")
+    _require_all_groups_stored(w, "gqsa_dense_gemv")
     cfg = config or dense_gemv_config(n)
     if (k * w.bits) % 32:
         raise ValueError(f"gqsa_dense_gemv reads 32-bit words: K*bits={k * w.bits} must be a multiple of 32")
-    words = w.codes.reshape(-1).view(torch.int32)  # little-endian: code c of a word sits at bits c*BITS
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     grid = (m, triton.cdiv(n, cfg["BLOCK_N"]))
     _dense_groups_gemv_kernel[grid](
-        x, words, w.scale, w.zero, bias if bias is not None else y, y, n, k, x.stride(0), y.stride(0),
+        x, _as_words(w), w.scale, w.zero, bias if bias is not None else y, y, n, k, x.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, G=w.group_size, BITS=w.bits, **cfg,
     )
     return y
@@ -300,17 +311,16 @@ def gqsa_dense_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = 
 def gqsa_dequantize(w: GQSAWeight, dtype: torch.dtype) -> torch.Tensor:
     """Dense ``[N, K]`` weight in ``dtype`` (pruned groups zero)."""
     n, k = w.out_features, w.in_features
-    dense_groups = n * w.num_group_columns
-    if w.nnz_groups == dense_groups and (k * w.bits) % 32 == 0:
+    if dense_groups_supported(w):
         out = torch.empty(n, k, dtype=dtype, device=w.device)
         row_words = k * w.bits // 32
         _dense_groups_dequant_kernel[(triton.cdiv(n, 16), triton.cdiv(row_words, 32))](
-            w.codes.reshape(-1).view(torch.int32), w.scale, w.zero, out, n, k,
+            _as_words(w), w.scale, w.zero, out, n, k,
             G=w.group_size, BITS=w.bits, BLOCK_N=16, BLOCK_W=32,
         )
         return out
     # every group stored: every element gets written, so skip the zero fill
-    out = (torch.empty if w.nnz_groups == dense_groups else torch.zeros)(n, k, dtype=dtype, device=w.device)
+    out = (torch.empty if _all_groups_stored(w) else torch.zeros)(n, k, dtype=dtype, device=w.device)
     block_r, block_g = _blocks(w)
     _gqsa_dequant_kernel[(triton.cdiv(n, block_r),)](
         w.codes, w.group_col, w.row_ptr, w.scale, w.zero, out, n, k,

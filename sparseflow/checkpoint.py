@@ -11,7 +11,7 @@ import torch
 
 # Files copied unchanged from a source model folder to a compressed one.
 SIDECAR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-                 "vocab.json", "merges.txt", "tokenizer.model")
+                 "vocab.json", "merges.txt", "tokenizer.model", "unigram_counts.json")
 
 
 def read_config(model_dir: str | Path) -> dict[str, Any]:

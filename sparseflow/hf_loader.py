@@ -60,3 +60,14 @@ def load_model(model_dir: str | Path, *, dtype: torch.dtype = torch.float32, dev
     if tied:
         model.tie_weights()
     return model.to(device).eval()
+
+
+def load_causal_lm(model_dir: str | Path, *, dtype: torch.dtype = torch.float32,
+                   device: str | torch.device = "cpu"):
+    """Any model folder sparseflow can evaluate: a sparseflow-compressed one or a plain dense one."""
+    from transformers import AutoModelForCausalLM
+
+    qdict = read_config(model_dir).get("quantization_config")
+    if qdict is not None:
+        return load_model(model_dir, dtype=dtype, device=device)
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()

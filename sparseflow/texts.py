@@ -1,0 +1,77 @@
+"""Named evaluation and calibration texts, and where the shared corpus lives.
+
+* ``heldout``: the reference model's held-out Gutenberg books (never trained on), from the shared corpus.
+* ``wikitext2``: WikiText-2 test, from the shared corpus.
+* ``builtin``: English prose that exists on every machine without the corpus: the Python reference
+  documentation bundled with the standard library (``pydoc_data.topics``). Used for calibration and by the demo.
+* anything else: a path to a UTF-8 text file.
+
+The corpus folder is ``$SPARSEFLOW_DATA`` or ``../shared/data`` beside the repository/working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Held out from the reference model's training (recipes/reference_lm): four authors, ~2 MB of prose.
+HELDOUT_BOOKS: tuple[str, ...] = (
+    "austen-emma.txt",
+    "doyle-hound_of_the_baskervilles.txt",
+    "twain-tom_sawyer.txt",
+    "wells-time_machine.txt",
+)
+NAMED_TEXTS = ("heldout", "wikitext2", "builtin")
+
+
+def shared_data_dir(required: bool = False) -> Path | None:
+    """The shared corpus folder, or ``None`` (``FileNotFoundError`` when ``required``)."""
+    candidates = []
+    if os.environ.get("SPARSEFLOW_DATA"):
+        candidates.append(Path(os.environ["SPARSEFLOW_DATA"]))
+    repo = Path(__file__).resolve().parent.parent
+    candidates += [repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    for c in candidates:
+        if (c / "gutenberg").is_dir():
+            return c
+    if required:
+        raise FileNotFoundError("the shared corpus (gutenberg/, wikitext-2/) was not found: set SPARSEFLOW_DATA "
+                                f"or place it at ../shared/data (looked in {[str(c) for c in candidates]})")
+    return None
+
+
+def gutenberg_books() -> list[Path]:
+    """Every book of the shared corpus, sorted by file name."""
+    root = shared_data_dir(required=True) / "gutenberg"
+    return sorted(p for p in root.glob("*.txt"))
+
+
+def training_books() -> list[Path]:
+    """The corpus minus the held-out books (what the reference model was trained on)."""
+    return [p for p in gutenberg_books() if p.name not in HELDOUT_BOOKS]
+
+
+def builtin_text() -> str:
+    """The Python reference documentation topics (~460 k characters of English prose), in a fixed order."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k].strip() for k in sorted(topics))
+
+
+def load_text(name_or_path: str | Path) -> str:
+    """Text by name (``heldout``, ``wikitext2``, ``builtin``) or from a UTF-8 file; clear errors otherwise."""
+    name = str(name_or_path)
+    if name == "builtin":
+        return builtin_text()
+    if name == "heldout":
+        root = shared_data_dir(required=True) / "gutenberg"
+        return "\n\n".join((root / b).read_text(encoding="utf-8") for b in HELDOUT_BOOKS)
+    if name == "wikitext2":
+        return (shared_data_dir(required=True) / "wikitext-2" / "test.txt").read_text(encoding="utf-8")
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: not a file and not one of the named texts {NAMED_TEXTS}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err})") from err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import typer
@@ -13,6 +14,9 @@ from rich.table import Table
 app = typer.Typer(help="sparseflow: sparse and quantized layers for vLLM, PEFT and TRL.", no_args_is_help=True)
 bench_app = typer.Typer(help="GPU benchmarks (ours and the peers in one process).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+eval_app = typer.Typer(help="Perplexity and cloze accuracy with transformers or the real vLLM engine.",
+                       no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 console = Console()
 
 
@@ -67,6 +71,80 @@ def smoke(
         quantized = compress_gqsa(dense, Path(tmp) / "gqsa")
         tokens = generate_greedy(quantized, [prompt], max_tokens=max_tokens)[0]
     console.print(f"vLLM + gqsa (tiny random Llama): prompt {prompt} -> greedy {tokens}")
+
+
+MODEL_HELP = "model folder, or 'reference' for the committed reference model"
+TEXT_HELP = "'heldout', 'wikitext2' (need ../shared/data), 'builtin' (Python's docs, always there) or a UTF-8 file"
+
+
+def _write_json(payload: str, out: Path | None) -> None:
+    console.print(payload, markup=False, highlight=False)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(payload + "\n")
+        console.print(f"saved {out}")
+
+
+@eval_app.command("ppl")
+def eval_ppl(
+    model: str = typer.Argument("reference", help=MODEL_HELP),
+    engine: str = typer.Option("hf", help="hf (transformers + sparseflow loader) or vllm (the real engine)"),
+    text: str = typer.Option("heldout", help=TEXT_HELP),
+    context: int = typer.Option(None, help="window length in tokens (default: the model's positions - 1)"),
+    stride: int = typer.Option(None, help="window step (default: half the context)"),
+    max_tokens: int = typer.Option(32768, help="token budget: at most this many tokens are scored"),
+    out: Path = typer.Option(None, help="also write the JSON result here"),
+) -> None:
+    """Sliding-window perplexity (and the unigram baseline when the model folder has its counts)."""
+    from sparseflow.evaluate import perplexity
+    from sparseflow.reference import resolve_model
+    from sparseflow.texts import load_text
+
+    result = perplexity(resolve_model(model), load_text(text), text_name=text, engine=engine, context=context,
+                        stride=stride, max_tokens=max_tokens)
+    _write_json(result.to_json(), out)
+
+
+@eval_app.command("cloze")
+def eval_cloze(
+    model: str = typer.Argument("reference", help=MODEL_HELP),
+    engine: str = typer.Option("hf", help="hf or vllm"),
+    text: str = typer.Option("heldout", help=TEXT_HELP),
+    samples: int = typer.Option(200, help="sentences to score"),
+    out: Path = typer.Option(None, help="also write the JSON result here"),
+) -> None:
+    """Last-word (cloze) accuracy: greedy decoding must reproduce a sentence's final word exactly."""
+    from dataclasses import asdict
+
+    from sparseflow.evaluate import cloze_accuracy
+    from sparseflow.reference import resolve_model
+    from sparseflow.texts import load_text
+
+    result = cloze_accuracy(resolve_model(model), load_text(text), text_name=text, engine=engine, n=samples)
+    _write_json(json.dumps(asdict(result), indent=2), out)
+
+
+@app.command()
+def demo(
+    text: str = typer.Option(None, help=TEXT_HELP + " (default: heldout if ../shared/data is there, else builtin)"),
+    max_tokens: int = typer.Option(8192, help="perplexity token budget per method"),
+    cloze_samples: int = typer.Option(100),
+    work_dir: Path = typer.Option(None, help="keep the compressed models here (default: a temporary folder)"),
+) -> None:
+    """Compress the reference model with every method, evaluate each, serve the best with vLLM: one table."""
+    from sparseflow.demo import format_table, run_demo
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="sparseflow-demo-") as tmp:
+        folder = work_dir or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        result = run_demo(folder, text=text, max_tokens=max_tokens, cloze_samples=cloze_samples, console=console)
+    console.print(format_table(result), width=max(console.width, 110))
+    if "served" in result:
+        s = result["served"]
+        console.print(f"vLLM ({s['method']}): {s['prompt']!r} ->", markup=False, highlight=False)
+        console.print(f"  {s['continuation']!r}", markup=False, highlight=False)
+    console.print(f"demo finished in {time.perf_counter() - t0:.0f} s")
 
 
 @bench_app.command("list")

@@ -39,8 +39,9 @@ class Window:
 
 def plan_windows(n_tokens: int, context: int, stride: int) -> list[Window]:
     """Sliding windows over ``n_tokens`` tokens; together they score tokens 1..n_tokens-1 exactly once."""
-    if context < 2 or not 0 < stride <= context:
-        raise ValueError(f"need context >= 2 and 0 < stride <= context (got context={context}, stride={stride})")
+    # stride < context: every window then starts before the first token it scores (that token needs context)
+    if context < 2 or not 0 < stride < context:
+        raise ValueError(f"need context >= 2 and 0 < stride < context (got context={context}, stride={stride})")
     if n_tokens < 2:
         raise ValueError(f"the text has {n_tokens} token(s); at least 2 are needed")
     plan, scored_until = [], 1  # token 0 has no prediction

@@ -4,11 +4,10 @@
 setup:
 	bash scripts/setup.sh
 
-# Main job. Until the reference-model demo exists: list the features, then compress a tiny random
-# Llama to GQSA and generate from it with the real vLLM engine (CPU).
+# Main job: compress the committed reference model with every method, evaluate each, serve the best one
+# with the real vLLM engine (CPU), print one table. Offline; uses ../shared/data only when it is there.
 demo: setup
-	.venv/bin/sparseflow list
-	.venv/bin/sparseflow smoke
+	.venv/bin/sparseflow demo
 
 # The pytest console script, not `python -m pytest`: the repo root must stay off sys.path.
 test: setup

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from tqdm.auto import tqdm
 
 from sparseflow.checkpoint import load_state_dict, read_config, save_folder
-from sparseflow.kernels.gqsa import GQSACheckpointConfig, quantize_rtn
+from sparseflow.kernels.gqsa import GQSACheckpointConfig
+
+if TYPE_CHECKING:
+    from sparseflow.compressors.gqsa import GQSARecipe
 
 
 def linear_module_names(config: dict) -> list[str]:
@@ -22,23 +25,48 @@ def linear_module_names(config: dict) -> list[str]:
 
 
 def compress_gqsa(model_dir: str | Path, out_dir: str | Path, *, bits: int = 4, group_size: int = 16,
-                  sparsity: float = 0.0, ignore: tuple[str, ...] = ("lm_head",), progress: bool = True) -> Path:
-    """Round-to-nearest GQSA compression of every linear layer not in ``ignore``.
+                  sparsity: float = 0.0, ignore: tuple[str, ...] = ("lm_head",), recipe: GQSARecipe | None = None,
+                  calibration: str = "builtin", device: str | None = None, progress: bool = True) -> Path:
+    """Compress every linear layer not in ``ignore`` to GQSA and write a folder vLLM and transformers load.
 
-    Writes ``out_dir/model.safetensors`` and ``config.json`` with ``quantization_config.quant_method
-    = "gqsa"``. Only ``sparsity=0`` is implemented here; group pruning comes with calibration.
+    With ``recipe`` (``sparseflow.compressors.gqsa.GQSARecipe``): the full method, calibrated on the named text
+    or file ``calibration``. Without: round-to-nearest codes with ``bits``/``group_size`` and, when ``sparsity``
+    > 0, magnitude group pruning (no data needed). Writes ``model.safetensors`` and ``config.json`` with
+    ``quantization_config.quant_method = "gqsa"`` (the recipe recorded under ``recipe``).
     """
-    if sparsity != 0.0:
-        raise NotImplementedError("GQSA group pruning needs calibration data; only sparsity=0 is available so far")
-    qcfg = GQSACheckpointConfig(bits=bits, group_size=group_size, sparsity=sparsity, ignore=tuple(ignore))
+    from sparseflow.compressors.gqsa import GQSARecipe, compress_model
+
+    if recipe is None:
+        recipe = GQSARecipe(bits=bits, group_size=group_size, sparsity=sparsity, saliency="magnitude",
+                            stage1=False, stage2=False)
     config = read_config(model_dir)
     if "quantization_config" in config:
         raise ValueError(f"{model_dir} is already quantized ({config['quantization_config'].get('quant_method')})")
+    qcfg = GQSACheckpointConfig(bits=recipe.bits, group_size=recipe.group_size, sparsity=recipe.sparsity,
+                                ignore=tuple(ignore), recipe={**recipe.to_dict(), "calibration": calibration})
     state = load_state_dict(model_dir)
-    targets = [n for n in linear_module_names(config) if qcfg.is_quantized(n) and f"{n}.weight" in state]
-    for name in tqdm(targets, desc=f"gqsa w{bits} g{group_size}", disable=not progress, unit="layer"):
-        w = quantize_rtn(state.pop(f"{name}.weight"), bits=bits, group_size=group_size)
-        for tensor_name, tensor in w.tensors().items():
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = _load_dense(model_dir, device)
+    ids = None
+    if recipe.needs_calibration:
+        from sparseflow.compressors.data import calibration_ids
+        from sparseflow.evaluate import load_tokenizer
+        from sparseflow.texts import load_text
+
+        ids = calibration_ids(load_tokenizer(model_dir), load_text(calibration), recipe.samples, recipe.seq_len,
+                              recipe.seed)
+    weights, _ = compress_model(model, ids, recipe, is_target=qcfg.is_quantized, progress=progress)
+    for name, w in weights.items():
+        if f"{name}.weight" not in state:
+            raise ValueError(f"{model_dir}: the model has {name} but the checkpoint holds no {name}.weight")
+        del state[f"{name}.weight"]
+        for tensor_name, tensor in w.to("cpu").tensors().items():
             state[f"{name}.{tensor_name}"] = tensor
     config["quantization_config"] = qcfg.to_dict()
     return save_folder(out_dir, state, config, source_dir=model_dir)
+
+
+def _load_dense(model_dir: str | Path, device: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()

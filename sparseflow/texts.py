@@ -2,6 +2,7 @@
 
 * ``heldout``: the reference model's held-out Gutenberg books (never trained on), from the shared corpus.
 * ``wikitext2``: WikiText-2 test, from the shared corpus.
+* ``calibration``: an excerpt of eight training books (in-domain calibration data), from the shared corpus.
 * ``builtin``: English prose that exists on every machine without the corpus: the Python reference
   documentation bundled with the standard library (``pydoc_data.topics``). Used for calibration and by the demo.
 * anything else: a path to a UTF-8 text file.
@@ -21,7 +22,14 @@ HELDOUT_BOOKS: tuple[str, ...] = (
     "twain-tom_sawyer.txt",
     "wells-time_machine.txt",
 )
-NAMED_TEXTS = ("heldout", "wikitext2", "builtin")
+# Calibration excerpt from the training books (in-domain, never the held-out ones): 20 k characters from
+# the middle of each of these.
+CALIBRATION_BOOKS: tuple[str, ...] = (
+    "bronte-jane_eyre.txt", "dickens-great_expectations.txt", "melville-moby_dick.txt", "stoker-dracula.txt",
+    "doyle-study_in_scarlet.txt", "eliot-middlemarch.txt", "hawthorne-scarlet_letter.txt",
+    "wilde-picture_of_dorian_gray.txt",
+)
+NAMED_TEXTS = ("heldout", "wikitext2", "builtin", "calibration")
 
 
 def shared_data_dir(required: bool = False) -> Path | None:
@@ -66,6 +74,13 @@ def load_text(name_or_path: str | Path) -> str:
     if name == "heldout":
         root = shared_data_dir(required=True) / "gutenberg"
         return "\n\n".join((root / b).read_text(encoding="utf-8") for b in HELDOUT_BOOKS)
+    if name == "calibration":
+        root = shared_data_dir(required=True) / "gutenberg"
+        parts = []
+        for b in CALIBRATION_BOOKS:
+            book = (root / b).read_text(encoding="utf-8")
+            parts.append(book[len(book) // 2: len(book) // 2 + 20_000])
+        return "\n\n".join(parts)
     if name == "wikitext2":
         return (shared_data_dir(required=True) / "wikitext-2" / "test.txt").read_text(encoding="utf-8")
     path = Path(name)

@@ -316,6 +316,7 @@ class GQSACheckpointConfig:
         ignore: modules left dense, matched by full name or last name component (``"lm_head"``).
             Merged vLLM modules (qkv_proj, gate_up_proj) are quantized only if all their parts are.
         format_version: layout version; readers refuse versions they do not know.
+        recipe: how the compressor made the file (not read by the loaders).
     """
 
     bits: int = 4
@@ -324,6 +325,7 @@ class GQSACheckpointConfig:
     ignore: tuple[str, ...] = field(default=("lm_head",))
     format_version: int = FORMAT_VERSION
     quant_method: str = FORMAT_NAME
+    recipe: dict[str, Any] | None = None  # how the file was made (saliency, stages, calibration); informational
 
     def __post_init__(self) -> None:
         check_bits_and_group_size(self.bits, self.group_size)

@@ -37,6 +37,10 @@ METHODS: list[tuple[str, object, float]] = [  # name, recipe, stored bits per we
     ("GQSA W4S50 g16, stage 1 off", replace(W4S50, stage1=False), 0),
     ("GQSA W4S50 g16, stage 2 off", replace(W4S50, stage2=False), 0),
     ("GQSA W4S50 g16, both off (saliency + RTN)", replace(W4S50, stage1=False, stage2=False), 0),
+    ("GQSA W4S50 g16, no compensation", replace(W4S50, compensate=False), 0),
+    ("GQSA W4S50 g16, OBS saliency", replace(W4S50, saliency="obs"), 0),
+    ("GQSA W4S50 g16, stage 1 scales only", replace(W4S50, stage1_train_weights=False), 0),
+    ("GQSA W4S50 g16, 4x steps", replace(W4S50, stage1_steps=400, stage2_steps=400), 0),
     ("2:4 magnitude (bf16)", ("nm", "magnitude"), 9.0),  # 8 bits of values + 1 bit of 2:4 metadata per weight
     ("2:4 Wanda (bf16)", ("nm", "wanda"), 9.0),
     ("2:4 SparseGPT (bf16)", ("nm", "sparsegpt"), 9.0),

@@ -2,7 +2,8 @@
 refined in two stages (the paper's BQPO and E2E-OQP).
 
 1. Per block, on calibration activations: score every group of ``g`` inputs of every row (``saliency.py``),
-   prune the least salient ``sparsity`` fraction of the layer's groups, start from round-to-nearest.
+   prune the least salient ``sparsity`` fraction of the layer's groups, update the surviving weights to
+   compensate (the OBS column sweep SparseGPT uses, with the group mask fixed), start from round-to-nearest.
 2. Stage 1 (BQPO, block-wise quantization parameter optimization): train each block's per-group scales and
    zeros (and optionally its surviving weights) so that the compressed block, fed the compressed model's own
    activations, reproduces the dense block's output on the dense activations (MSE).
@@ -27,6 +28,7 @@ from sparseflow.compressors.blockwise import (
     walk_blocks,
 )
 from sparseflow.compressors.fake_quant import FakeQuantLinear
+from sparseflow.compressors.obs import obs_sweep
 from sparseflow.compressors.saliency import SALIENCY_METHODS, group_saliency, keep_mask
 from sparseflow.kernels.gqsa import GQSAWeight
 from sparseflow.kernels.gqsa.format import check_bits_and_group_size
@@ -40,10 +42,12 @@ class GQSARecipe:
     group_size: int = 16
     sparsity: float = 0.5
     saliency: str = "wanda"  # magnitude | wanda | obs
+    compensate: bool = True  # OBS update of the surviving weights after pruning (SparseGPT-style)
     stage1: bool = True  # BQPO
     stage1_steps: int = 100
-    stage1_lr: float = 5e-3
-    stage1_train_weights: bool = False
+    stage1_lr: float = 1e-3  # log-scale and zero shift
+    stage1_train_weights: bool = True  # the surviving weights too: pruning error needs them, not just scales
+    stage1_weight_lr: float = 2e-4
     stage2: bool = True  # E2E-OQP
     stage2_steps: int = 100
     stage2_lr: float = 1e-3
@@ -63,7 +67,7 @@ class GQSARecipe:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.stage1 or self.stage2 or (self.sparsity > 0 and self.saliency != "magnitude")
+        return self.stage1 or self.stage2 or (self.sparsity > 0 and (self.saliency != "magnitude" or self.compensate))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,7 +78,7 @@ def _set_module(root: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, new)
 
 
-def _train(params: list[torch.nn.Parameter], steps: int, lr: float, loss_of_batch, n: int, batch: int,
+def _train(params: list, steps: int, lr: float, loss_of_batch, n: int, batch: int,
            seed: int, desc: str, progress: bool) -> list[float]:
     opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -110,6 +114,9 @@ def compress_model(model: torch.nn.Module, calibration_ids: torch.Tensor | None,
                 continue
             h = None if hessians is None else hessians[name]
             keep = keep_mask(group_saliency(linear.weight, recipe.group_size, recipe.saliency, h), recipe.sparsity)
+            if recipe.compensate and h is not None and not bool(keep.all()):
+                dense_keep = keep.repeat_interleave(recipe.group_size, dim=1)
+                linear.weight.data = obs_sweep(linear.weight, h, keep=dense_keep).to(linear.weight.dtype)
             fake = FakeQuantLinear(linear, keep, bits=recipe.bits, group_size=recipe.group_size,
                                    train_weight=recipe.stage1 and recipe.stage1_train_weights).to(
                                        linear.weight.device)
@@ -125,11 +132,15 @@ def compress_model(model: torch.nn.Module, calibration_ids: torch.Tensor | None,
 
         def compress_block(i: int, block: torch.nn.Module, s: BlockStreams, target: torch.Tensor) -> None:
             names = [n for n in linear_children(block) if is_target(f"model.layers.{i}.{n}")]
-            hessians = input_hessians(block, s.q, s, names) if recipe.saliency != "magnitude" else None
+            needs_h = recipe.saliency != "magnitude" or (recipe.compensate and recipe.sparsity > 0)
+            hessians = input_hessians(block, s.q, s, names) if needs_h else None
             make_fakes(f"model.layers.{i}.", block, hessians)
             if not recipe.stage1:
                 return
-            params = [p for m in block.modules() if isinstance(m, FakeQuantLinear) for p in m.trainable()]
+            fq = [m for m in block.modules() if isinstance(m, FakeQuantLinear)]
+            params = [{"params": [p for m in fq for p in (m.log_scale, m.zero_shift)], "lr": recipe.stage1_lr}]
+            if recipe.stage1_train_weights:
+                params.append({"params": [m.weight for m in fq], "lr": recipe.stage1_weight_lr})
             scale = target.float().pow(2).mean()
 
             def loss_of(idx):

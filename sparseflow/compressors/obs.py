@@ -24,7 +24,8 @@ def inverse_hessian_cholesky(h: torch.Tensor, damp: float = 0.01) -> torch.Tenso
 @torch.no_grad()
 def obs_sweep(weight: torch.Tensor, hessian: torch.Tensor, *, block: int = 128,
               make_quantizer: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None,
-              quant_group: int = 128, prune: tuple[int, int] | None = None, damp: float = 0.01) -> torch.Tensor:
+              quant_group: int = 128, prune: tuple[int, int] | None = None, keep: torch.Tensor | None = None,
+              damp: float = 0.01) -> torch.Tensor:
     """The compressed dense weight ``[N, K]`` (float32).
 
     Args:
@@ -33,6 +34,8 @@ def obs_sweep(weight: torch.Tensor, hessian: torch.Tensor, *, block: int = 128,
             (GPTQ with group parameters). ``block`` must be a multiple of ``quant_group``.
         prune: ``(n, m)``: keep ``n`` of every ``m`` consecutive inputs, chosen by ``w^2 / [H^-1]_jj^2``
             (SparseGPT's N:M rule). Pruning happens before quantization when both are given.
+        keep: a fixed bool mask ``[N, K]`` (False = prune), e.g. GQSA's group mask: pruned weights are zeroed
+            and their error is compensated by the columns to their right.
     """
     w = weight.detach().float().clone()
     k = w.shape[1]
@@ -49,7 +52,7 @@ def obs_sweep(weight: torch.Tensor, hessian: torch.Tensor, *, block: int = 128,
         w_blk = w[:, b0:b1].clone()
         err_blk = torch.zeros_like(w_blk)
         u_blk = u[b0:b1, b0:b1]
-        mask = torch.ones_like(w_blk, dtype=torch.bool)
+        mask = torch.ones_like(w_blk, dtype=torch.bool) if keep is None else keep[:, b0:b1].clone()
         for j in range(b1 - b0):
             col = b0 + j
             if prune is not None and j % prune[1] == 0:

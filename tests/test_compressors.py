@@ -6,12 +6,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from sparseflow.kernels.gqsa import dequantize_reference
 
 from sparseflow.compressors.baselines import group_quantize, nm_prune
 from sparseflow.compressors.gqsa import GQSARecipe, compress_model
 from sparseflow.compressors.obs import obs_sweep
 from sparseflow.compressors.saliency import group_saliency, keep_mask
-from sparseflow.kernels.gqsa import dequantize_reference
 
 
 def _layer(n=24, k=64, tokens=512, seed=0):
@@ -30,8 +30,7 @@ def _out_err(w_new, w, x):
 def test_keep_mask_prunes_the_exact_fraction_of_least_salient_groups():
     scores = torch.tensor([[5.0, 1.0, 3.0, 0.5], [2.0, 7.0, 0.1, 4.0]])
     keep = keep_mask(scores, 0.5)
-    assert keep.sum() == 4 and keep.tolist() == [[True, False, False, False], [False, True, False, True]] or \
-        keep.tolist() == [[True, False, True, False], [False, True, False, True]]
+    assert keep.tolist() == [[True, False, True, False], [False, True, False, True]]  # 0.1, 0.5, 1, 2 pruned
     assert keep_mask(scores, 0.0).all()
     with pytest.raises(ValueError, match="sparsity"):
         keep_mask(scores, 1.0)

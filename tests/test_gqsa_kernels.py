@@ -137,3 +137,46 @@ def test_dense_groups_gemv_matches_reference(m, n, k, bits, g, dtype):
     bias = torch.randn(n, device=DEVICE).to(dtype)
     y = gqsa_dense_gemv(x, w, bias, config=dict(BLOCK_N=8, BLOCK_W=16))  # 16-word steps: partial last steps
     assert_close(y.float(), gqsa_linear_reference(x.float(), w, bias.float()), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+@pytest.mark.parametrize("bits, g", [(4, 16), (4, 8), (8, 16), (2, 64)], ids=lambda v: str(v))
+@pytest.mark.parametrize("density", [1.0, 0.5, 0.1, 0.0])
+@pytest.mark.parametrize("chunk", [8, None], ids=["chunk8", "default"])
+@pytest.mark.parametrize("m, n, k", [(1, 37, 256), (2, 130, 384)], ids=lambda v: str(v))
+def test_task_gemv_matches_reference(m, n, k, bits, g, density, chunk, dtype):
+    """Task-centric GEMV: chunks of stored groups cross row boundaries (chunk 8: many rows per chunk and
+    rows split across chunks), empty rows, full rows, sparsity 0 / 0.5 / 0.9 / all pruned."""
+    from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv, task_gemv_config
+
+    w = _weight(n, k, bits, g, density)
+    x = torch.randn(m, k, device=DEVICE).to(dtype)
+    bias = torch.randn(n, device=DEVICE).to(dtype)
+    config = None if chunk is None else {**task_gemv_config(n, k, g, bits), "CHUNK": chunk}
+    y = gqsa_task_gemv(x, w, bias, config=config)
+    assert y.dtype == dtype and y.shape == (m, n)
+    assert_close(y.float(), gqsa_linear_reference(x.float(), w, bias.float()), dtype, name=f"task gemv {dtype}")
+
+
+def test_task_gemv_uneven_rows():
+    """One full row, many empty rows, single-group rows: the work split ignores row boundaries."""
+    from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv
+
+    n, k, g = 50, 512, 16
+    keep = torch.zeros(n, k // g, dtype=torch.bool)
+    keep[3] = True
+    keep[10:20, 5] = True
+    keep[40, ::3] = True
+    w = quantize_rtn(torch.randn(n, k), bits=4, group_size=g, keep=keep).to(DEVICE)
+    x = torch.randn(1, k, device=DEVICE)
+    for chunk in (8, 16, 64):
+        y = gqsa_task_gemv(x, w, config={"CHUNK": chunk, "num_warps": 4})
+        assert_close(y, gqsa_linear_reference(x, w), torch.float32, name=f"uneven rows chunk {chunk}")
+
+
+def test_task_gemv_rejects_partial_words():
+    from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv
+
+    w = _weight(8, 64, 2, 8, 1.0)
+    with pytest.raises(ValueError, match="32-bit words"):
+        gqsa_task_gemv(torch.randn(1, 64, device=DEVICE), w)

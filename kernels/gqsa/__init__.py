@@ -51,6 +51,8 @@ __all__ = [
 # dispatched to until it is faster. Pruned weights take the row-block GEMV up to GEMV_MAX_M.
 DENSE_GEMV_MAX_M = 1
 GEMV_MAX_M = 8
+# Pruned weights whose groups are whole 32-bit words take the task-centric GEMV up to this M.
+TASK_GEMV_MAX_M = 8
 ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -100,6 +102,7 @@ def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None
         gqsa_dense_gemv,
         gqsa_dequantize,
         gqsa_gemv,
+        gqsa_task_gemv,
     )
 
     x2 = x.reshape(-1, w.in_features)
@@ -108,6 +111,8 @@ def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None
     m = x2.shape[0]
     if dense_groups_supported(w) and m <= DENSE_GEMV_MAX_M:
         y = gqsa_dense_gemv(x2, w, bias)
+    elif not dense_groups_supported(w) and m <= TASK_GEMV_MAX_M and (w.group_size * w.bits) % 32 == 0:
+        y = gqsa_task_gemv(x2, w, bias)
     elif not dense_groups_supported(w) and m <= GEMV_MAX_M:
         y = gqsa_gemv(x2, w, bias)
     else:

@@ -8,6 +8,8 @@ groups ``BLOCK_G`` at a time; rows shorter than the longest in the block are mas
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import triton
 import triton.language as tl
@@ -210,6 +212,61 @@ def _dense_groups_dequant_kernel(
     tl.store(out_ptr + rows[:, :, None] * K + cols, w.to(out_ptr.dtype.element_ty), mask=mask[:, :, None])
 
 
+@triton.jit
+def _task_gemv_kernel(
+    x_ptr, words_ptr, col_ptr, rowptr_ptr, scale_ptr, zero_ptr, task_row_ptr, y_ptr,
+    NNZ, stride_xm, stride_ym,
+    G: tl.constexpr, BITS: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """Task-centric decode GEMV: program ``t`` owns stored groups ``[t*CHUNK, (t+1)*CHUNK)`` whatever rows they
+    belong to, so every program reads the same number of bytes however uneven the rows are. Rows of the
+    chunk's groups come from a binary search in ``row_ptr`` between the chunk's first and last row (host
+    precomputed, usually 1-3 rows apart). Per-row sums use the chunk's running sum: a row's first group in the
+    chunk subtracts the sum before it, its last group adds the sum through it (two fp32 atomics per row touched;
+    ``y`` must start at zero)."""
+    WPG: tl.constexpr = G * BITS // 32  # 32-bit words per group
+    CPW: tl.constexpr = 32 // BITS  # codes per word
+    MASK: tl.constexpr = (1 << BITS) - 1
+    pid_t = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    gidx = pid_t * CHUNK + tl.arange(0, CHUNK)
+    gmask = gidx < NNZ
+    gidx64 = gidx.to(tl.int64)
+    # rows: largest r in [row0, row1] with row_ptr[r] <= gidx
+    lo = tl.zeros([CHUNK], dtype=tl.int32) + tl.load(task_row_ptr + pid_t)
+    hi = tl.zeros([CHUNK], dtype=tl.int32) + tl.load(task_row_ptr + pid_t + 1)
+    span = tl.load(task_row_ptr + pid_t + 1) - tl.load(task_row_ptr + pid_t)
+    while span > 0:
+        mid = (lo + hi + 1) // 2
+        ok = tl.load(rowptr_ptr + mid, mask=gmask, other=0) <= gidx
+        lo = tl.where(ok, mid, lo)
+        hi = tl.where(ok, hi, mid - 1)
+        span = span // 2
+    rows = lo
+    # per-group partial dot products from 32-bit code words
+    col = tl.load(col_ptr + gidx64, mask=gmask, other=0).to(tl.int32)
+    s = tl.load(scale_ptr + gidx64, mask=gmask, other=0.0).to(tl.float32)
+    z = tl.load(zero_ptr + gidx64, mask=gmask, other=0.0).to(tl.float32)
+    wi = tl.arange(0, WPG)
+    word = tl.load(words_ptr + gidx64[:, None] * WPG + wi[None, :], mask=gmask[:, None], other=0)
+    x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
+    xbase = col[:, None] * G + wi[None, :] * CPW
+    qx = tl.zeros([CHUNK, WPG], dtype=tl.float32)
+    xs = tl.zeros([CHUNK, WPG], dtype=tl.float32)
+    for c in tl.static_range(CPW):
+        xv = tl.load(x_row + xbase + c, mask=gmask[:, None], other=0.0).to(tl.float32)
+        qx += ((word >> (c * BITS)) & MASK).to(tl.float32) * xv
+        xs += xv
+    part = s * (tl.sum(qx, axis=1) - z * tl.sum(xs, axis=1))  # [CHUNK], 0 for masked groups
+    run = tl.cumsum(part, axis=0)
+    first = gmask & ((gidx == tl.load(rowptr_ptr + rows, mask=gmask, other=0)) | (gidx == pid_t * CHUNK))
+    last = gmask & ((gidx + 1 == tl.load(rowptr_ptr + rows + 1, mask=gmask, other=0)) | (gidx + 1 == NNZ)
+                    | (gidx == pid_t * CHUNK + CHUNK - 1))
+    y_row = y_ptr + pid_m.to(tl.int64) * stride_ym + rows
+    tl.atomic_add(y_row, part - run, mask=first & (run != part), sem="relaxed")
+    tl.atomic_add(y_row, run, mask=last, sem="relaxed")
+
+
 def _all_groups_stored(w: GQSAWeight) -> bool:
     return w.nnz_groups == w.out_features * w.num_group_columns
 
@@ -247,6 +304,51 @@ def gqsa_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,
         HAS_BIAS=bias is not None, G=w.group_size, BITS=w.bits, BLOCK_R=block_r, BLOCK_G=block_g,
     )
     return y
+
+
+# (id(row_ptr), chunk) -> task rows; an entry leaves with its row_ptr tensor (weakref.finalize)
+_TASK_ROWS: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def task_rows(w: GQSAWeight, chunk: int) -> torch.Tensor:
+    """``[T + 1]`` int32: the row of each chunk's first group, then the row of the last stored group; chunk
+    ``t``'s groups lie in rows ``[entry t, entry t+1]``.
+    Computed once per (weight, chunk) and cached with the weight's ``row_ptr``."""
+    key = (id(w.row_ptr), chunk)
+    if key not in _TASK_ROWS:
+        nnz = w.nnz_groups
+        firsts = torch.arange(0, nnz, chunk, device=w.device, dtype=torch.int64)
+        bounds = torch.cat([firsts, torch.full((1,), max(nnz - 1, 0), device=w.device, dtype=torch.int64)])
+        rows = torch.searchsorted(w.row_ptr.to(torch.int64), bounds, right=True) - 1
+        _TASK_ROWS[key] = rows.to(torch.int32)
+        weakref.finalize(w.row_ptr, _TASK_ROWS.pop, key, None)
+    return _TASK_ROWS[key]
+
+
+def task_gemv_config(n: int, k: int, g: int, bits: int) -> dict:
+    """Chunk of stored groups per program (about 4 KB of codes) and warps. Set from the H200 sweep."""
+    return dict(CHUNK=max(64, 4096 * 8 // (g * bits)), num_warps=4)
+
+
+def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,
+                   config: dict | None = None) -> torch.Tensor:
+    """``x [M, K] @ W.T (+ bias) -> [M, N]`` for small M with task-centric partitioning (any sparsity)."""
+    m = x.shape[0]
+    if (w.group_size * w.bits) % 32:
+        raise ValueError(f"task GEMV needs whole 32-bit words per group (g={w.group_size}, bits={w.bits})")
+    cfg = dict(config or task_gemv_config(w.out_features, w.in_features, w.group_size, w.bits))
+    chunk = cfg.pop("CHUNK")
+    y = torch.zeros(m, w.out_features, dtype=torch.float32, device=x.device)
+    if w.nnz_groups:
+        rows = task_rows(w, chunk)
+        grid = (rows.numel() - 1, m)
+        _task_gemv_kernel[grid](
+            x, _as_words(w), w.group_col, w.row_ptr, w.scale, w.zero, rows, y,
+            w.nnz_groups, x.stride(0), y.stride(0), G=w.group_size, BITS=w.bits, CHUNK=chunk, **cfg,
+        )
+    if bias is not None:
+        y += bias.float()
+    return y.to(x.dtype)
 
 
 def dense_groups_supported(w: GQSAWeight) -> bool:

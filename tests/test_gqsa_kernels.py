@@ -180,3 +180,16 @@ def test_task_gemv_rejects_partial_words():
     w = _weight(8, 64, 2, 8, 1.0)
     with pytest.raises(ValueError, match="32-bit words"):
         gqsa_task_gemv(torch.randn(1, 64, device=DEVICE), w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+@pytest.mark.parametrize("bits, g", [(4, 16), (2, 16), (8, 8), (4, 128)], ids=lambda v: str(v))
+@pytest.mark.parametrize("density", [0.5, 0.1, 0.0])
+@pytest.mark.parametrize("chunk", [8, 256])
+def test_task_dequantize_matches_reference(bits, g, density, chunk, dtype):
+    from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_dequantize
+
+    w = _weight(37, 256, bits, g, density)
+    out = gqsa_task_dequantize(w, dtype, chunk=chunk)
+    assert out.dtype == dtype
+    assert torch.equal(out.float(), dequantize_reference(w, dtype).float())

@@ -213,17 +213,35 @@ def _dense_groups_dequant_kernel(
 
 
 @triton.jit
+def _task_group_rows(rowptr_ptr, task_row_ptr, pid_t, gidx, gmask, CHUNK: tl.constexpr):
+    """Row of each stored group ``gidx`` of chunk ``pid_t``: the largest r in [row0, row1] (the chunk's
+    first and last rows, precomputed on the host) with ``row_ptr[r] <= gidx``; a few steps of binary search."""
+    row0 = tl.load(task_row_ptr + pid_t)
+    row1 = tl.load(task_row_ptr + pid_t + 1)
+    lo = tl.zeros([CHUNK], dtype=tl.int32) + row0
+    hi = tl.zeros([CHUNK], dtype=tl.int32) + row1
+    span = row1 - row0
+    while span > 0:
+        mid = (lo + hi + 1) // 2
+        ok = tl.load(rowptr_ptr + mid, mask=gmask, other=0) <= gidx
+        lo = tl.where(ok, mid, lo)
+        hi = tl.where(ok, hi, mid - 1)
+        span = span // 2
+    return lo
+
+
+@triton.jit
 def _task_gemv_kernel(
     x_ptr, words_ptr, col_ptr, rowptr_ptr, scale_ptr, zero_ptr, task_row_ptr, y_ptr,
     NNZ, stride_xm, stride_ym,
     G: tl.constexpr, BITS: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Task-centric decode GEMV: program ``t`` owns stored groups ``[t*CHUNK, (t+1)*CHUNK)`` whatever rows they
-    belong to, so every program reads the same number of bytes however uneven the rows are. Rows of the
-    chunk's groups come from a binary search in ``row_ptr`` between the chunk's first and last row (host
-    precomputed, usually 1-3 rows apart). Per-row sums use the chunk's running sum: a row's first group in the
-    chunk subtracts the sum before it, its last group adds the sum through it (two fp32 atomics per row touched;
-    ``y`` must start at zero)."""
+    belong to, so every program reads the same number of bytes however uneven the rows are. Codes and x are
+    handled as ``[CHUNK, words per group, codes per word]`` tiles (each thread holds a word's codes and the
+    matching contiguous x values: vector loads, no reshapes). Per-row sums use the chunk's running sum: a
+    row's first group in the chunk subtracts the sum before it, its last group adds the sum through it (two
+    fp32 atomics per row touched; ``y`` starts at zero)."""
     WPG: tl.constexpr = G * BITS // 32  # 32-bit words per group
     CPW: tl.constexpr = 32 // BITS  # codes per word
     MASK: tl.constexpr = (1 << BITS) - 1
@@ -232,39 +250,54 @@ def _task_gemv_kernel(
     gidx = pid_t * CHUNK + tl.arange(0, CHUNK)
     gmask = gidx < NNZ
     gidx64 = gidx.to(tl.int64)
-    # rows: largest r in [row0, row1] with row_ptr[r] <= gidx
-    lo = tl.zeros([CHUNK], dtype=tl.int32) + tl.load(task_row_ptr + pid_t)
-    hi = tl.zeros([CHUNK], dtype=tl.int32) + tl.load(task_row_ptr + pid_t + 1)
-    span = tl.load(task_row_ptr + pid_t + 1) - tl.load(task_row_ptr + pid_t)
-    while span > 0:
-        mid = (lo + hi + 1) // 2
-        ok = tl.load(rowptr_ptr + mid, mask=gmask, other=0) <= gidx
-        lo = tl.where(ok, mid, lo)
-        hi = tl.where(ok, hi, mid - 1)
-        span = span // 2
-    rows = lo
-    # per-group partial dot products from 32-bit code words
+    rows = _task_group_rows(rowptr_ptr, task_row_ptr, pid_t, gidx, gmask, CHUNK)
     col = tl.load(col_ptr + gidx64, mask=gmask, other=0).to(tl.int32)
     s = tl.load(scale_ptr + gidx64, mask=gmask, other=0.0).to(tl.float32)
     z = tl.load(zero_ptr + gidx64, mask=gmask, other=0.0).to(tl.float32)
     wi = tl.arange(0, WPG)
+    ci = tl.arange(0, CPW)
     word = tl.load(words_ptr + gidx64[:, None] * WPG + wi[None, :], mask=gmask[:, None], other=0)
-    x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
-    xbase = col[:, None] * G + wi[None, :] * CPW
-    qx = tl.zeros([CHUNK, WPG], dtype=tl.float32)
-    xs = tl.zeros([CHUNK, WPG], dtype=tl.float32)
-    for c in tl.static_range(CPW):
-        xv = tl.load(x_row + xbase + c, mask=gmask[:, None], other=0.0).to(tl.float32)
-        qx += ((word >> (c * BITS)) & MASK).to(tl.float32) * xv
-        xs += xv
-    part = s * (tl.sum(qx, axis=1) - z * tl.sum(xs, axis=1))  # [CHUNK], 0 for masked groups
+    q = ((word[:, :, None] >> (ci * BITS)[None, None, :]) & MASK).to(tl.float32)  # [CHUNK, WPG, CPW]
+    xk = col[:, None, None] * G + (wi * CPW)[None, :, None] + ci[None, None, :]
+    xv = tl.load(x_ptr + pid_m.to(tl.int64) * stride_xm + xk, mask=gmask[:, None, None], other=0.0).to(tl.float32)
+    dot = tl.sum(tl.sum(q * xv, axis=2), axis=1)
+    xs = tl.sum(tl.sum(xv, axis=2), axis=1)
+    part = s * (dot - z * xs)  # [CHUNK], 0 for masked groups
     run = tl.cumsum(part, axis=0)
     first = gmask & ((gidx == tl.load(rowptr_ptr + rows, mask=gmask, other=0)) | (gidx == pid_t * CHUNK))
-    last = gmask & ((gidx + 1 == tl.load(rowptr_ptr + rows + 1, mask=gmask, other=0)) | (gidx + 1 == NNZ)
+    last = gmask & ((gidx + 1 == tl.load(rowptr_ptr + rows + 1, mask=gmask, other=0))
                     | (gidx == pid_t * CHUNK + CHUNK - 1))
     y_row = y_ptr + pid_m.to(tl.int64) * stride_ym + rows
     tl.atomic_add(y_row, part - run, mask=first & (run != part), sem="relaxed")
     tl.atomic_add(y_row, run, mask=last, sem="relaxed")
+
+
+@triton.jit
+def _task_dequant_kernel(
+    words_ptr, col_ptr, rowptr_ptr, scale_ptr, zero_ptr, task_row_ptr, out_ptr,
+    NNZ, K,
+    G: tl.constexpr, BITS: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """Stored groups -> their places in a zero-filled dense ``[N, K]``: the task-centric split of the GEMV, with
+    ``[CHUNK, words, codes]`` tiles stored contiguously per group."""
+    WPG: tl.constexpr = G * BITS // 32
+    CPW: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    pid_t = tl.program_id(0)
+    gidx = pid_t * CHUNK + tl.arange(0, CHUNK)
+    gmask = gidx < NNZ
+    gidx64 = gidx.to(tl.int64)
+    rows = _task_group_rows(rowptr_ptr, task_row_ptr, pid_t, gidx, gmask, CHUNK)
+    col = tl.load(col_ptr + gidx64, mask=gmask, other=0).to(tl.int64)
+    s = tl.load(scale_ptr + gidx64, mask=gmask, other=0.0).to(tl.float32)
+    z = tl.load(zero_ptr + gidx64, mask=gmask, other=0.0).to(tl.float32)
+    wi = tl.arange(0, WPG)
+    ci = tl.arange(0, CPW)
+    word = tl.load(words_ptr + gidx64[:, None] * WPG + wi[None, :], mask=gmask[:, None], other=0)
+    q = ((word[:, :, None] >> (ci * BITS)[None, None, :]) & MASK).to(tl.float32)
+    w = (q - z[:, None, None]) * s[:, None, None]
+    dst = rows.to(tl.int64)[:, None, None] * K + col[:, None, None] * G + (wi * CPW)[None, :, None] + ci[None, None, :]
+    tl.store(out_ptr + dst, w.to(out_ptr.dtype.element_ty), mask=gmask[:, None, None])
 
 
 def _all_groups_stored(w: GQSAWeight) -> bool:
@@ -351,6 +384,20 @@ def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = N
     return y.to(x.dtype)
 
 
+def gqsa_task_dequantize(w: GQSAWeight, dtype: torch.dtype, chunk: int = 256, num_warps: int = 4) -> torch.Tensor:
+    """Dense ``[N, K]`` from any GQSA weight whose groups are whole 32-bit words (pruned groups: zeros)."""
+    if (w.group_size * w.bits) % 32:
+        raise ValueError(f"task dequantize needs whole 32-bit words per group (g={w.group_size}, bits={w.bits})")
+    out = torch.zeros(w.out_features, w.in_features, dtype=dtype, device=w.device)
+    if w.nnz_groups:
+        rows = task_rows(w, chunk)
+        _task_dequant_kernel[(rows.numel() - 1,)](
+            _as_words(w), w.group_col, w.row_ptr, w.scale, w.zero, rows, out, w.nnz_groups, w.in_features,
+            G=w.group_size, BITS=w.bits, CHUNK=chunk, num_warps=num_warps,
+        )
+    return out
+
+
 def dense_groups_supported(w: GQSAWeight) -> bool:
     """Every group stored and rows a whole number of 32-bit words: the dense-groups GEMV and
     dequantize apply (``gqsa_dense_matmul`` also needs K to be a multiple of its BLOCK_K)."""
@@ -421,6 +468,8 @@ def gqsa_dequantize(w: GQSAWeight, dtype: torch.dtype) -> torch.Tensor:
             G=w.group_size, BITS=w.bits, BLOCK_N=16, BLOCK_W=32,
         )
         return out
+    if (w.group_size * w.bits) % 32 == 0:
+        return gqsa_task_dequantize(w, dtype)
     # every group stored: every element gets written, so skip the zero fill
     out = (torch.empty if _all_groups_stored(w) else torch.zeros)(n, k, dtype=dtype, device=w.device)
     block_r, block_g = _blocks(w)

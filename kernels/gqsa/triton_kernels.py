@@ -359,8 +359,9 @@ def task_rows(w: GQSAWeight, chunk: int) -> torch.Tensor:
 
 
 def task_gemv_config(n: int, k: int, g: int, bits: int) -> dict:
-    """Chunk of stored groups per program (about 4 KB of codes) and warps. Set from the H200 sweep."""
-    return dict(CHUNK=max(64, 4096 * 8 // (g * bits)), num_warps=4)
+    """Chunk of stored groups per program (1 KB of codes) and warps: the best of the H200 sweep on all five
+    shapes (benchmarks/results/gqsa_sparse-NVIDIA_H200.json, commit f54fb69: CHUNK 128 with 4 warps at W4 g16)."""
+    return dict(CHUNK=max(8, 8192 // (g * bits)), num_warps=4)
 
 
 def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,

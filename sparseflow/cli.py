@@ -19,6 +19,9 @@ eval_app = typer.Typer(help="Perplexity and cloze accuracy with transformers or 
 app.add_typer(eval_app, name="eval")
 console = Console()
 
+MODEL_HELP = "model folder, or 'reference' for the committed reference model"
+TEXT_HELP = "'heldout', 'wikitext2' (need ../shared/data), 'builtin' (Python's docs, always there) or a UTF-8 file"
+
 
 @app.command("list")
 def list_features() -> None:
@@ -36,22 +39,39 @@ def list_features() -> None:
 
 @app.command()
 def compress(
-    model_dir: Path = typer.Argument(..., help="Hugging Face model folder (config.json + safetensors)"),
+    model_dir: Path = typer.Argument(..., help="Hugging Face model folder (config.json + safetensors), or 'reference'"),
     out_dir: Path = typer.Argument(..., help="where to write the compressed folder"),
     method: str = typer.Option("gqsa", help="linear method (see `sparseflow list`)"),
-    bits: int = typer.Option(4, help="code width"),
-    group_size: int = typer.Option(16, help="inputs per quantization group"),
-    sparsity: float = typer.Option(0.0, help="fraction of weight groups to prune"),
+    bits: int = typer.Option(4, help="code width (2, 3, 4, 8)"),
+    group_size: int = typer.Option(16, help="inputs per group (8, 16, 32, 64, 128)"),
+    sparsity: float = typer.Option(0.5, help="fraction of weight groups to prune"),
+    saliency: str = typer.Option("wanda", help="group saliency: magnitude, wanda or obs"),
+    compensate: bool = typer.Option(True, help="OBS update of surviving weights after pruning"),
+    stage1: bool = typer.Option(True, help="BQPO: block-wise optimization of scales, zeros and weights"),
+    stage2: bool = typer.Option(True, help="E2E-OQP: end-to-end optimization of scales and zeros"),
+    steps: int = typer.Option(100, help="optimizer steps of each stage"),
+    calibration: str = typer.Option("builtin-calibration", help="calibration text: 'calibration' (training-book "
+                                    "excerpt, needs ../shared/data), 'builtin-calibration' (always there) or a file"),
+    samples: int = typer.Option(32, help="calibration sequences"),
+    seq_len: int = typer.Option(512, help="tokens per calibration sequence"),
+    rtn: bool = typer.Option(False, help="plain round-to-nearest + magnitude pruning: no data, no stages"),
 ) -> None:
-    """Compress a model folder; vLLM and `sparseflow.hf_loader` load the result."""
+    """Compress a model folder; vLLM (`--quantization gqsa` or nothing) and `sparseflow.hf_loader` load it."""
     from sparseflow.plugins import get_registry
 
     get_registry().get("linear_method", method)  # unknown names raise with the known ones listed
     if method != "gqsa":
         raise typer.BadParameter(f"compression for {method!r} is not implemented yet")
     from sparseflow.compress import compress_gqsa
+    from sparseflow.compressors.gqsa import GQSARecipe
+    from sparseflow.reference import resolve_model
 
-    out = compress_gqsa(model_dir, out_dir, bits=bits, group_size=group_size, sparsity=sparsity)
+    recipe = None if rtn else GQSARecipe(
+        bits=bits, group_size=group_size, sparsity=sparsity, saliency=saliency, compensate=compensate,
+        stage1=stage1, stage2=stage2, stage1_steps=steps, stage2_steps=steps, samples=samples, seq_len=seq_len,
+        batch_size=min(4, samples))
+    out = compress_gqsa(resolve_model(model_dir), out_dir, bits=bits, group_size=group_size, sparsity=sparsity,
+                        recipe=recipe, calibration=calibration)
     console.print(f"wrote {out}")
 
 
@@ -73,8 +93,6 @@ def smoke(
     console.print(f"vLLM + gqsa (tiny random Llama): prompt {prompt} -> greedy {tokens}")
 
 
-MODEL_HELP = "model folder, or 'reference' for the committed reference model"
-TEXT_HELP = "'heldout', 'wikitext2' (need ../shared/data), 'builtin' (Python's docs, always there) or a UTF-8 file"
 
 
 def _write_json(payload: str, out: Path | None) -> None:
@@ -135,11 +153,13 @@ def demo(
     from sparseflow.demo import format_table, run_demo
 
     t0 = time.perf_counter()
+    if not console.is_terminal:
+        console.width = 120  # logs and CI: room for the table's columns
     with tempfile.TemporaryDirectory(prefix="sparseflow-demo-") as tmp:
         folder = work_dir or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         result = run_demo(folder, text=text, max_tokens=max_tokens, cloze_samples=cloze_samples, console=console)
-    console.print(format_table(result), width=max(console.width, 110))
+    console.print(format_table(result))
     if "served" in result:
         s = result["served"]
         console.print(f"vLLM ({s['method']}): {s['prompt']!r} ->", markup=False, highlight=False)

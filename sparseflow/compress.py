@@ -26,7 +26,7 @@ def linear_module_names(config: dict) -> list[str]:
 
 def compress_gqsa(model_dir: str | Path, out_dir: str | Path, *, bits: int = 4, group_size: int = 16,
                   sparsity: float = 0.0, ignore: tuple[str, ...] = ("lm_head",), recipe: GQSARecipe | None = None,
-                  calibration: str = "builtin", device: str | None = None, progress: bool = True) -> Path:
+                  calibration: str = "builtin-calibration", device: str | None = None, progress: bool = True) -> Path:
     """Compress every linear layer not in ``ignore`` to GQSA and write a folder vLLM and transformers load.
 
     With ``recipe`` (``sparseflow.compressors.gqsa.GQSARecipe``): the full method, calibrated on the named text

@@ -3,8 +3,9 @@
 * ``heldout``: the reference model's held-out Gutenberg books (never trained on), from the shared corpus.
 * ``wikitext2``: WikiText-2 test, from the shared corpus.
 * ``calibration``: an excerpt of eight training books (in-domain calibration data), from the shared corpus.
-* ``builtin``: English prose that exists on every machine without the corpus: the Python reference
-  documentation bundled with the standard library (``pydoc_data.topics``). Used for calibration and by the demo.
+* ``builtin``: English prose that exists on every machine without the corpus: the first half of the Python
+  reference documentation bundled with the standard library (``pydoc_data.topics``), for evaluation.
+* ``builtin-calibration``: the second half of it, for calibration (never scored by the evaluations above).
 * anything else: a path to a UTF-8 text file.
 
 The corpus folder is ``$SPARSEFLOW_DATA`` or ``../shared/data`` beside the repository/working directory.
@@ -29,7 +30,7 @@ CALIBRATION_BOOKS: tuple[str, ...] = (
     "doyle-study_in_scarlet.txt", "eliot-middlemarch.txt", "hawthorne-scarlet_letter.txt",
     "wilde-picture_of_dorian_gray.txt",
 )
-NAMED_TEXTS = ("heldout", "wikitext2", "builtin", "calibration")
+NAMED_TEXTS = ("heldout", "wikitext2", "builtin", "builtin-calibration", "calibration")
 
 
 def shared_data_dir(required: bool = False) -> Path | None:
@@ -59,11 +60,22 @@ def training_books() -> list[Path]:
     return [p for p in gutenberg_books() if p.name not in HELDOUT_BOOKS]
 
 
-def builtin_text() -> str:
-    """The Python reference documentation topics (~460 k characters of English prose), in a fixed order."""
+def _python_docs() -> str:
     from pydoc_data.topics import topics
 
     return "\n\n".join(topics[k].strip() for k in sorted(topics))
+
+
+def builtin_text() -> str:
+    """First half of the Python reference documentation topics (~230 k characters of English prose)."""
+    docs = _python_docs()
+    return docs[: len(docs) // 2]
+
+
+def builtin_calibration_text() -> str:
+    """Second half of the Python documentation topics: calibration data disjoint from ``builtin_text``."""
+    docs = _python_docs()
+    return docs[len(docs) // 2:]
 
 
 def load_text(name_or_path: str | Path) -> str:
@@ -71,6 +83,8 @@ def load_text(name_or_path: str | Path) -> str:
     name = str(name_or_path)
     if name == "builtin":
         return builtin_text()
+    if name == "builtin-calibration":
+        return builtin_calibration_text()
     if name == "heldout":
         root = shared_data_dir(required=True) / "gutenberg"
         return "\n\n".join((root / b).read_text(encoding="utf-8") for b in HELDOUT_BOOKS)

@@ -70,3 +70,67 @@ def test_loader_rejects_bad_checkpoints(gqsa_llama_dir, tiny_llama_dir, tmp_path
     (wrong / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="codes"):
         load_model(wrong)
+
+
+@pytest.fixture(scope="module")
+def pruned_reference_dir(tmp_path_factory):
+    """The reference model through the CLI: GQSA W4S50 g16, every stage on (small calibration budget)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("models") / "reference-w4s50"
+    cmd = [sys.executable, "-m", "sparseflow.cli", "compress", "reference", str(out), "--sparsity", "0.5",
+           "--samples", "4", "--seq-len", "64", "--steps", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_cli_compress_records_the_recipe(pruned_reference_dir):
+    config = json.loads((pruned_reference_dir / "config.json").read_text())
+    q = config["quantization_config"]
+    assert q["quant_method"] == "gqsa" and q["sparsity"] == 0.5
+    assert q["recipe"]["saliency"] == "wanda" and q["recipe"]["stage1"] and q["recipe"]["stage2"]
+    assert q["recipe"]["calibration"] == "builtin-calibration"
+    model = load_model(pruned_reference_dir)
+    linears = [m for m in model.modules() if isinstance(m, GQSALinear)]
+    assert len(linears) == 8 * 7
+    assert all(abs(m.weight_format().density() - 0.5) < 0.01 for m in linears)
+    assert all(m.weight_format().bits_per_weight() < 3.6 for m in linears)
+
+
+@pytest.mark.slow
+def test_vllm_serves_pruned_gqsa_like_transformers(pruned_reference_dir):
+    """Pruned GQSA (W4S50) in the real vLLM CPU engine: same greedy tokens and perplexity as transformers
+    over the same stored format."""
+    from helpers import run_python
+
+    from sparseflow.evaluate import load_tokenizer, perplexity, tokenize
+    from sparseflow.texts import builtin_text
+
+    prompts = [tokenize(load_tokenizer(pruned_reference_dir), p) for p in
+               ("It was a dark and stormy night, and", "The ship sailed at dawn", "She opened the letter")]
+    code = f"""
+    import json
+
+    def main():
+        from vllm import LLM, SamplingParams
+        from sparseflow.evaluate import perplexity
+        from sparseflow.serve import cpu_engine_kwargs
+        from sparseflow.texts import builtin_text
+        llm = LLM(model={str(pruned_reference_dir)!r}, max_model_len=1024, **cpu_engine_kwargs())
+        outs = llm.generate([{{"prompt_token_ids": p}} for p in {prompts!r}],
+                            SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True), use_tqdm=False)
+        ppl = perplexity({str(pruned_reference_dir)!r}, builtin_text(), engine="vllm", max_tokens=2048, llm=llm)
+        print("RESULT " + json.dumps({{"greedy": [list(o.outputs[0].token_ids) for o in outs],
+                                      "ppl": ppl.perplexity}}))
+
+    if __name__ == "__main__":
+        main()
+    """
+    proc = run_python(code, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
+    got = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+    model = load_model(pruned_reference_dir)
+    assert got["greedy"] == generate_greedy_hf(model, prompts, max_tokens=12)
+    hf_ppl = perplexity(pruned_reference_dir, builtin_text(), max_tokens=2048, model=model, progress=False)
+    assert abs(got["ppl"] / hf_ppl.perplexity - 1) < 5e-3, (got["ppl"], hf_ppl.perplexity)

@@ -97,7 +97,9 @@ def test_bad_evaluation_arguments_raise(reference, tmp_path):
 
 def test_builtin_text_exists_everywhere():
     text = builtin_text()
-    assert len(text) > 100_000 and text == load_text("builtin")
+    calibration = load_text("builtin-calibration")
+    assert len(text) > 100_000 and text == load_text("builtin") and len(calibration) > 100_000
+    assert text[-2000:] not in calibration  # evaluation and calibration halves are disjoint
 
 
 def test_reference_perplexity_far_below_unigram(reference, hf_model):

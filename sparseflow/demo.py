@@ -111,14 +111,16 @@ def serve_with_vllm(model_dir: Path, prompt: str, max_tokens: int = 48) -> tuple
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the demo prints one table, not engine logs
     from vllm import LLM, SamplingParams
 
-    from sparseflow.serve import cpu_engine_kwargs
+    from sparseflow.serve import cpu_engine_kwargs, shutdown_engine
 
     llm = LLM(model=str(model_dir), max_model_len=512, **cpu_engine_kwargs())
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     llm.generate([prompt], SamplingParams(max_tokens=2), use_tqdm=False)  # warm-up
     t0 = time.perf_counter()
     out = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0]
-    return out.text, len(out.token_ids) / (time.perf_counter() - t0)
+    tokens_per_s = len(out.token_ids) / (time.perf_counter() - t0)
+    shutdown_engine(llm)
+    return out.text, tokens_per_s
 
 
 def default_text() -> str:

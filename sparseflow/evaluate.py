@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparseflow.log import logger
+from sparseflow.serve import shutdown_engine
 
 ENGINES = ("hf", "vllm")
 
@@ -213,7 +214,10 @@ def perplexity(model_dir: str | Path, text: str, *, text_name: str = "text", eng
     if engine == "hf":
         logprobs = _hf_token_logprobs(model or _hf_model(model_dir, device), ids, plan, progress)
     else:
-        logprobs = _vllm_token_logprobs(llm or _vllm_engine(model_dir, context), ids, plan, progress)
+        engine = llm or _vllm_engine(model_dir, context)
+        logprobs = _vllm_token_logprobs(engine, ids, plan, progress)
+        if llm is None:
+            shutdown_engine(engine)
     nll = -sum(logprobs) / len(logprobs)
     return PerplexityResult(model=str(model_dir), engine=engine, text=text_name, context=context, stride=stride,
                             tokens_scored=len(logprobs), windows=len(plan), nll=nll, perplexity=math.exp(nll),
@@ -259,7 +263,10 @@ def cloze_accuracy(model_dir: str | Path, text: str, *, text_name: str = "text",
     if engine == "hf":
         hits = _hf_greedy_hits(model or _hf_model(model_dir, device), samples, progress)
     else:
-        hits = _vllm_greedy_hits(llm or _vllm_engine(model_dir, context_tokens + 32), samples, progress)
+        engine = llm or _vllm_engine(model_dir, context_tokens + 32)
+        hits = _vllm_greedy_hits(engine, samples, progress)
+        if llm is None:
+            shutdown_engine(engine)
     logger.debug("cloze: %d samples, %d hits", len(hits), sum(hits))
     return ClozeResult(model=str(model_dir), engine=engine, text=text_name, samples=len(hits),
                        accuracy=sum(hits) / len(hits), seconds=round(time.perf_counter() - t0, 2))

@@ -26,6 +26,7 @@ def generate_greedy(model_dir: str | Path, prompts: list[list[int]], max_tokens:
     llm = LLM(model=str(model_dir), **kwargs)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                         SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True), use_tqdm=False)
+    shutdown_engine(llm)
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
@@ -42,3 +43,11 @@ def generate_greedy_hf(model, prompts: list[list[int]], max_tokens: int = 8) -> 
                                  do_sample=False, min_new_tokens=max_tokens, pad_token_id=0)
             results.append(out[0, len(p):].tolist())
     return results
+
+
+def shutdown_engine(llm) -> None:
+    """Stop a ``vllm.LLM``'s engine processes now rather than at interpreter exit, where vLLM 0.32's teardown
+    has aborted the process ("terminate called without an active exception") after all work was done."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()

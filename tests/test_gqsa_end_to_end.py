@@ -116,7 +116,7 @@ def test_vllm_serves_pruned_gqsa_like_transformers(pruned_reference_dir):
     def main():
         from vllm import LLM, SamplingParams
         from sparseflow.evaluate import perplexity
-        from sparseflow.serve import cpu_engine_kwargs
+        from sparseflow.serve import cpu_engine_kwargs, shutdown_engine
         from sparseflow.texts import builtin_text
         llm = LLM(model={str(pruned_reference_dir)!r}, max_model_len=1024, **cpu_engine_kwargs())
         outs = llm.generate([{{"prompt_token_ids": p}} for p in {prompts!r}],
@@ -124,6 +124,7 @@ def test_vllm_serves_pruned_gqsa_like_transformers(pruned_reference_dir):
         ppl = perplexity({str(pruned_reference_dir)!r}, builtin_text(), engine="vllm", max_tokens=2048, llm=llm)
         print("RESULT " + json.dumps({{"greedy": [list(o.outputs[0].token_ids) for o in outs],
                                       "ppl": ppl.perplexity}}))
+        shutdown_engine(llm)
 
     if __name__ == "__main__":
         main()

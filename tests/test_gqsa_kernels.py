@@ -193,3 +193,15 @@ def test_task_dequantize_matches_reference(bits, g, density, chunk, dtype):
     out = gqsa_task_dequantize(w, dtype, chunk=chunk)
     assert out.dtype == dtype
     assert torch.equal(out.float(), dequantize_reference(w, dtype).float())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+@pytest.mark.parametrize("m, block_m", [(5, 4), (3, 8), (8, 8), (2, 1)])
+def test_task_gemv_several_input_rows(m, block_m, dtype):
+    """One decoded weight chunk serves BLOCK_M input rows; M not a multiple of BLOCK_M masks the tail."""
+    from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv
+
+    w = _weight(45, 256, 4, 16, 0.5)
+    x = torch.randn(m, 256, device=DEVICE).to(dtype)
+    y = gqsa_task_gemv(x, w, config={"CHUNK": 16, "num_warps": 4, "BLOCK_M": block_m})
+    assert_close(y.float(), gqsa_linear_reference(x.float(), w), dtype, name=f"task gemv M={m}")

@@ -122,7 +122,7 @@ def test_vllm_and_transformers_agree_on_reference(reference, hf_model):
     def main():
         from vllm import LLM, SamplingParams
         from sparseflow.evaluate import cloze_accuracy, perplexity
-        from sparseflow.serve import cpu_engine_kwargs
+        from sparseflow.serve import cpu_engine_kwargs, shutdown_engine
         from sparseflow.texts import builtin_text
         llm = LLM(model={str(reference)!r}, max_model_len=1024, **cpu_engine_kwargs())
         outs = llm.generate([{{"prompt_token_ids": p}} for p in {prompts!r}],
@@ -131,6 +131,7 @@ def test_vllm_and_transformers_agree_on_reference(reference, hf_model):
         cloze = cloze_accuracy({str(reference)!r}, builtin_text(), engine="vllm", n=40, llm=llm)
         print("RESULT " + json.dumps({{"greedy": [list(o.outputs[0].token_ids) for o in outs],
                                       "ppl": ppl.perplexity, "cloze": cloze.accuracy}}))
+        shutdown_engine(llm)
 
     if __name__ == "__main__":
         main()

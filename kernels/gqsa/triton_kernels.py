@@ -233,15 +233,15 @@ def _task_group_rows(rowptr_ptr, task_row_ptr, pid_t, gidx, gmask, CHUNK: tl.con
 @triton.jit
 def _task_gemv_kernel(
     x_ptr, words_ptr, col_ptr, rowptr_ptr, scale_ptr, zero_ptr, task_row_ptr, y_ptr,
-    NNZ, stride_xm, stride_ym,
-    G: tl.constexpr, BITS: tl.constexpr, CHUNK: tl.constexpr,
+    NNZ, M, stride_xm, stride_ym,
+    G: tl.constexpr, BITS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """Task-centric decode GEMV: program ``t`` owns stored groups ``[t*CHUNK, (t+1)*CHUNK)`` whatever rows they
     belong to, so every program reads the same number of bytes however uneven the rows are. Codes and x are
     handled as ``[CHUNK, words per group, codes per word]`` tiles (each thread holds a word's codes and the
-    matching contiguous x values: vector loads, no reshapes). Per-row sums use the chunk's running sum: a
-    row's first group in the chunk subtracts the sum before it, its last group adds the sum through it (two
-    fp32 atomics per row touched; ``y`` starts at zero)."""
+    matching contiguous x values: vector loads, no reshapes); the decoded tile serves ``BLOCK_M`` input rows.
+    Per-row sums use the chunk's running sum: a row's first group in the chunk subtracts the sum before it,
+    its last group adds the sum through it (two fp32 atomics per row touched; ``y`` starts at zero)."""
     WPG: tl.constexpr = G * BITS // 32  # 32-bit words per group
     CPW: tl.constexpr = 32 // BITS  # codes per word
     MASK: tl.constexpr = (1 << BITS) - 1
@@ -259,17 +259,19 @@ def _task_gemv_kernel(
     word = tl.load(words_ptr + gidx64[:, None] * WPG + wi[None, :], mask=gmask[:, None], other=0)
     q = ((word[:, :, None] >> (ci * BITS)[None, None, :]) & MASK).to(tl.float32)  # [CHUNK, WPG, CPW]
     xk = col[:, None, None] * G + (wi * CPW)[None, :, None] + ci[None, None, :]
-    xv = tl.load(x_ptr + pid_m.to(tl.int64) * stride_xm + xk, mask=gmask[:, None, None], other=0.0).to(tl.float32)
-    dot = tl.sum(tl.sum(q * xv, axis=2), axis=1)
-    xs = tl.sum(tl.sum(xv, axis=2), axis=1)
-    part = s * (dot - z * xs)  # [CHUNK], 0 for masked groups
-    run = tl.cumsum(part, axis=0)
     first = gmask & ((gidx == tl.load(rowptr_ptr + rows, mask=gmask, other=0)) | (gidx == pid_t * CHUNK))
     last = gmask & ((gidx + 1 == tl.load(rowptr_ptr + rows + 1, mask=gmask, other=0))
                     | (gidx == pid_t * CHUNK + CHUNK - 1))
-    y_row = y_ptr + pid_m.to(tl.int64) * stride_ym + rows
-    tl.atomic_add(y_row, part - run, mask=first & (run != part), sem="relaxed")
-    tl.atomic_add(y_row, run, mask=last, sem="relaxed")
+    for i in tl.static_range(BLOCK_M):
+        m = pid_m * BLOCK_M + i
+        if m < M:
+            xv = tl.load(x_ptr + m.to(tl.int64) * stride_xm + xk, mask=gmask[:, None, None], other=0.0)
+            xv = xv.to(tl.float32)
+            part = s * (tl.sum(tl.sum(q * xv, axis=2), axis=1) - z * tl.sum(tl.sum(xv, axis=2), axis=1))
+            run = tl.cumsum(part, axis=0)
+            y_row = y_ptr + m.to(tl.int64) * stride_ym + rows
+            tl.atomic_add(y_row, part - run, mask=first & (run != part), sem="relaxed")
+            tl.atomic_add(y_row, run, mask=last, sem="relaxed")
 
 
 @triton.jit
@@ -375,10 +377,12 @@ def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = N
     y = torch.zeros(m, w.out_features, dtype=torch.float32, device=x.device)
     if w.nnz_groups:
         rows = task_rows(w, chunk)
-        grid = (rows.numel() - 1, m)
+        block_m = cfg.pop("BLOCK_M", min(triton.next_power_of_2(m), 8))
+        grid = (rows.numel() - 1, triton.cdiv(m, block_m))
         _task_gemv_kernel[grid](
             x, _as_words(w), w.group_col, w.row_ptr, w.scale, w.zero, rows, y,
-            w.nnz_groups, x.stride(0), y.stride(0), G=w.group_size, BITS=w.bits, CHUNK=chunk, **cfg,
+            w.nnz_groups, m, x.stride(0), y.stride(0), G=w.group_size, BITS=w.bits, CHUNK=chunk,
+            BLOCK_M=block_m, **cfg,
         )
     if bias is not None:
         y += bias.float()

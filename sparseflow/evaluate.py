@@ -149,8 +149,9 @@ def _vllm_engine(model_dir: str | Path, max_len: int):
 
     from sparseflow.serve import cpu_engine_kwargs
 
-    # +1: room for the one token vLLM generates after the longest prompt.
-    return LLM(model=str(model_dir), max_model_len=max_len + 1, **cpu_engine_kwargs())
+    # +1: room for the one token vLLM generates after the longest prompt. Prompts are token ids and nothing
+    # is detokenized, so vLLM needs no tokenizer of its own.
+    return LLM(model=str(model_dir), max_model_len=max_len + 1, skip_tokenizer_init=True, **cpu_engine_kwargs())
 
 
 def _vllm_prompt_logprobs(llm, prompts: list[list[int]], k: int, progress: bool):

@@ -118,7 +118,8 @@ def test_vllm_serves_pruned_gqsa_like_transformers(pruned_reference_dir):
         from sparseflow.evaluate import perplexity
         from sparseflow.serve import cpu_engine_kwargs, shutdown_engine
         from sparseflow.texts import builtin_text
-        llm = LLM(model={str(pruned_reference_dir)!r}, max_model_len=1024, **cpu_engine_kwargs())
+        llm = LLM(model={str(pruned_reference_dir)!r}, max_model_len=1024, skip_tokenizer_init=True,
+                  **cpu_engine_kwargs())
         outs = llm.generate([{{"prompt_token_ids": p}} for p in {prompts!r}],
                             SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True), use_tqdm=False)
         ppl = perplexity({str(pruned_reference_dir)!r}, builtin_text(), engine="vllm", max_tokens=2048, llm=llm)
@@ -128,6 +129,11 @@ def test_vllm_serves_pruned_gqsa_like_transformers(pruned_reference_dir):
 
     if __name__ == "__main__":
         main()
+        # vLLM 0.32 (CPU) has aborted during interpreter teardown ("terminate called without an active
+        # exception") after all work and an explicit engine shutdown; the results are printed by then.
+        import os, sys
+        sys.stdout.flush()
+        os._exit(0)
     """
     proc = run_python(code, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
     got = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])

@@ -23,6 +23,7 @@ from sparseflow.kernels.gqsa import (
     GQSACheckpointConfig,
     GQSAWeight,
     gqsa_linear,
+    prepare_for_kernels,
 )
 from sparseflow.kernels.gqsa.format import TENSOR_DTYPES
 from vllm.model_executor.layers.linear import (
@@ -174,9 +175,12 @@ class GQSALinearMethod(LinearMethodBase):
             layer.register_buffer(name, tensor.to(device).contiguous(), persistent=False)
         layer.gqsa_in_features = w.in_features
         delattr(layer, _SHARDS_ATTR)
+        prepare_for_kernels(self._weight(layer))  # no lookup-table allocation inside CUDA-graph capture
+
+    def _weight(self, layer: torch.nn.Module) -> GQSAWeight:
+        return GQSAWeight(layer.codes, layer.group_col, layer.row_ptr, layer.scale, layer.zero,
+                          in_features=layer.gqsa_in_features, group_size=self.checkpoint.group_size,
+                          bits=self.checkpoint.bits)
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        w = GQSAWeight(layer.codes, layer.group_col, layer.row_ptr, layer.scale, layer.zero,
-                       in_features=layer.gqsa_in_features, group_size=self.checkpoint.group_size,
-                       bits=self.checkpoint.bits)
-        return gqsa_linear(x, w, bias)
+        return gqsa_linear(x, self._weight(layer), bias)

@@ -40,6 +40,7 @@ __all__ = [
     "gqsa_linear",
     "gqsa_linear_reference",
     "pack_codes",
+    "prepare_for_kernels",
     "quantize_rtn",
     "unpack_codes",
 ]
@@ -68,6 +69,18 @@ def _triton_path(w: GQSAWeight, device: torch.device) -> bool:
         info_once(f"gqsa: no Triton kernel for {w.bits}-bit codes (have {TRITON_BITS}); using the torch reference")
         return False
     return True
+
+
+def prepare_for_kernels(w: GQSAWeight) -> None:
+    """Precompute per-weight lookup tables the CUDA kernels need (the task GEMV's chunk-to-row table), so the
+    first forward allocates nothing (vLLM captures CUDA graphs then). Call with the tensors the layer keeps:
+    tables are cached by the identity of ``w.row_ptr``. No-op off CUDA."""
+    if w.device.type != "cuda" or w.bits not in (2, 4, 8) or (w.group_size * w.bits) % 32:
+        return
+    from .triton_kernels import dense_groups_supported, task_gemv_config, task_rows
+
+    if not dense_groups_supported(w):
+        task_rows(w, task_gemv_config(w.out_features, w.in_features, w.group_size, w.bits)["CHUNK"])
 
 
 def dequantize(w: GQSAWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:

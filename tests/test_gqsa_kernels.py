@@ -140,7 +140,7 @@ def test_dense_groups_gemv_matches_reference(m, n, k, bits, g, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
-@pytest.mark.parametrize("bits, g", [(4, 16), (4, 8), (8, 16), (2, 64)], ids=lambda v: str(v))
+@pytest.mark.parametrize("bits, g", [(4, 16), (4, 8), (4, 32), (8, 16), (2, 64)], ids=lambda v: str(v))
 @pytest.mark.parametrize("density", [1.0, 0.5, 0.1, 0.0])
 @pytest.mark.parametrize("chunk", [8, None], ids=["chunk8", "default"])
 @pytest.mark.parametrize("m, n, k", [(1, 37, 256), (2, 130, 384)], ids=lambda v: str(v))

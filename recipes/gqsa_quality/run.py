@@ -36,7 +36,7 @@ METHODS: list[tuple[str, object, float]] = [  # name, recipe, stored bits per we
     ("GQSA W4S20 g16", replace(W4S50, sparsity=0.2), 0),
     ("GQSA W4S50 g16, stage 1 off", replace(W4S50, stage1=False), 0),
     ("GQSA W4S50 g16, stage 2 off", replace(W4S50, stage2=False), 0),
-    ("GQSA W4S50 g16, both off (saliency + RTN)", replace(W4S50, stage1=False, stage2=False), 0),
+    ("GQSA W4S50 g16, both off (saliency + compensation + RTN)", replace(W4S50, stage1=False, stage2=False), 0),
     ("GQSA W4S50 g16, no compensation", replace(W4S50, compensate=False), 0),
     ("GQSA W4S50 g16, OBS saliency", replace(W4S50, saliency="obs"), 0),
     ("GQSA W4S50 g16, stage 1 scales only", replace(W4S50, stage1_train_weights=False), 0),
@@ -94,7 +94,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32768)
     parser.add_argument("--only", default="", help="comma-separated method-name prefixes to run")
     parser.add_argument("--stage-steps", type=int, default=None, help="override both GQSA stages' step counts")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the plot from OUT/results.json")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads((args.out / "results.json").read_text())["rows"], args.out / "perplexity_vs_bits.png")
+        return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ref = reference_model_dir()
     heldout = load_text("heldout")
@@ -128,13 +132,16 @@ def main() -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """Left: every method's perplexity vs stored bits. Right: the W4S50 ablations (same bits) as bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in rows:
+    main = [r for r in rows if "," not in r["method"]]
+    ablations = [r for r in rows if r["method"].startswith("GQSA W4S50")]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
+    for r in main:
         color = "tab:red" if r["method"].startswith("GQSA") else "tab:blue"
         ax.scatter(r["bits_per_weight"], r["perplexity"], color=color)
         ax.annotate(r["method"], (r["bits_per_weight"], r["perplexity"]), fontsize=7, xytext=(4, 2),
@@ -143,7 +150,14 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("stored bits per weight (linear layers)")
     ax.set_ylabel("held-out perplexity (log)")
-    ax.set_title("reference model: GQSA vs 2:4 pruning and group quantization")
+    ax.set_title("GQSA (red) vs 2:4 pruning and group quantization")
+    labels = [r["method"].replace("GQSA W4S50 g16", "W4S50").replace(", ", ": ") for r in ablations]
+    bx.barh(labels, [r["perplexity"] for r in ablations], color="tab:red")
+    bx.invert_yaxis()
+    bx.set_xscale("log")
+    bx.set_xlabel("held-out perplexity (log)")
+    bx.set_title("GQSA W4S50 g16: what each part does")
+    bx.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import itertools
 
-from tqdm.auto import tqdm
-
-from .harness import Row, register, time_ms
+from .harness import Row, over_shapes, register, time_ms
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
 BATCHES = [1, 2, 4, 8, 16, 32, 128, 512, 2048]
@@ -90,15 +88,5 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
 @register("gqsa_linear")
 def run(quick: bool = False) -> list[Row]:
     """Every shape x batch: dense bf16, torch int4 (g128), GQSA w4 g16/g128 (dispatch and each path)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise RuntimeError("the gqsa_linear benchmark needs a CUDA GPU")
-    torch.manual_seed(0)
-    shapes = SHAPES[:2] if quick else SHAPES
     batches = [1, 16, 512] if quick else BATCHES
-    rows: list[Row] = []
-    for n, k in tqdm(shapes, desc="gqsa_linear", unit="shape"):
-        rows += _bench_shape(n, k, batches)
-        torch.cuda.empty_cache()
-    return rows
+    return over_shapes("gqsa_linear", SHAPES[:2] if quick else SHAPES, lambda n, k: _bench_shape(n, k, batches))

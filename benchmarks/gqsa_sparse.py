@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import itertools
 
-from tqdm.auto import tqdm
-
 from .gqsa_linear import _copies, _tinygemm
-from .harness import Row, register, time_ms
+from .harness import Row, over_shapes, register, time_ms
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
 BATCHES = [1, 4, 16, 64, 256, 2048]
 SWEEP = [(c, w) for c in (128, 256) for w in (4, 8)]
 
 
-def _bench_shape(n: int, k: int, batches: list[int], sweep: bool) -> list[Row]:
+def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
     import torch
     import torch.nn.functional as F
-    from sparseflow.kernels.gqsa import gqsa_linear, gqsa_linear_reference, quantize_rtn
+    from sparseflow.kernels.gqsa import gqsa_linear, gqsa_linear_reference, prepare_for_kernels, quantize_rtn
     from sparseflow.kernels.gqsa.triton_kernels import gqsa_dequantize, gqsa_task_gemv, task_rows
     from sparseflow.kernels.testing import rel_error
 
@@ -31,10 +29,10 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: bool) -> list[Row]:
     keep = torch.rand(n, k // 16, device=dev) >= 0.5
     w = quantize_rtn(dense, bits=4, group_size=16, keep=keep)
     pool_list = [w] + [w.clone() for _ in range(_copies(w.storage_bytes()) - 1)]
-    for chunk in {c for c, _ in SWEEP} | {None}:  # build the task tables outside the timed region
-        for p in pool_list:
-            if chunk is not None:
-                task_rows(p, chunk)
+    for p in pool_list:  # build the task tables (dispatch's and the sweep's) outside the timed region
+        prepare_for_kernels(p)
+        for chunk in {c for c, _ in SWEEP}:
+            task_rows(p, chunk)
     pool = itertools.cycle(pool_list)
     packed, scales_zeros = _tinygemm(dense)
     tg_pool = itertools.cycle([(packed.clone(), scales_zeros.clone()) for _ in range(_copies(n * k // 2))])
@@ -56,7 +54,7 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: bool) -> list[Row]:
         floor_bytes = w.storage_bytes() + io
         rows.append(Row(case, "gqsa w4s50g16", time_ms(lambda x=x: gqsa_linear(x, next(pool))), floor_bytes, flops,
                         note=f"err {err:.1e}", extra=extra))
-        if m <= 16 and sweep:
+        if m <= 16:
             for chunk, warps in SWEEP:
                 cfg = {"CHUNK": chunk, "num_warps": warps}
                 ms = time_ms(lambda x=x, cfg=cfg: gqsa_task_gemv(x, next(pool), config=cfg))
@@ -70,14 +68,6 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: bool) -> list[Row]:
 @register("gqsa_sparse")
 def run(quick: bool = False) -> list[Row]:
     """The GQSA issue's benchmark: W4S50 g16 vs dense bf16 and torch int4, shapes x M."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise RuntimeError("the gqsa_sparse benchmark needs a CUDA GPU")
-    torch.manual_seed(0)
-    shapes = SHAPES[:2] if quick else SHAPES
-    rows: list[Row] = []
-    for n, k in tqdm(shapes, desc="gqsa_sparse", unit="shape"):
-        rows += _bench_shape(n, k, [1, 16] if quick else BATCHES, sweep=True)
-        torch.cuda.empty_cache()
-    return rows
+    batches = [1, 16] if quick else BATCHES
+    return over_shapes("gqsa_sparse", SHAPES[:2] if quick else SHAPES,
+                       lambda n, k: _bench_shape(n, k, batches))

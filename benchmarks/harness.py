@@ -80,6 +80,22 @@ def warm_up_gpu(seconds: float = 2.0) -> None:
         torch.cuda.synchronize()
 
 
+def over_shapes(name: str, shapes: list[tuple[int, int]],
+                bench_shape: Callable[[int, int], list[Row]]) -> list[Row]:
+    """Rows of ``bench_shape(n, k)`` for every ``(N, K)``, seeded, with a progress bar; needs CUDA."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"the {name} benchmark needs a CUDA GPU")
+    torch.manual_seed(0)
+    rows: list[Row] = []
+    for n, k in tqdm(shapes, desc=name, unit="shape"):
+        rows += bench_shape(n, k)
+        torch.cuda.empty_cache()  # each shape's weight pools are large
+    return rows
+
+
 def time_ms(fn: Callable[[], Any], *, warmup_ms: int = 25, rep_ms: int = 100) -> float:
     """Median milliseconds of ``fn`` over CUDA events (``triton.testing.do_bench``)."""
     import triton.testing

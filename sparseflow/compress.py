@@ -14,16 +14,6 @@ if TYPE_CHECKING:
     from sparseflow.compressors.gqsa import GQSARecipe
 
 
-def linear_module_names(config: dict) -> list[str]:
-    """Names of every ``nn.Linear`` in the model the config describes (built on the meta device: no memory)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if k != "quantization_config"})
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg)
-    return [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-
-
 def compress_gqsa(model_dir: str | Path, out_dir: str | Path, *, bits: int = 4, group_size: int = 16,
                   sparsity: float = 0.0, ignore: tuple[str, ...] = ("lm_head",), recipe: GQSARecipe | None = None,
                   calibration: str = "builtin-calibration", device: str | None = None, progress: bool = True) -> Path:

@@ -25,9 +25,8 @@ class DemoMethod:
     """A compression method as the demo runs it: ``compress(model_dir, out_dir, calibration_text) -> folder``."""
 
     name: str
-    compress: Callable[[Path, Path, str], Path] | None  # None: the uncompressed model itself
-    # (model_dir, out_dir, calibration: a named text or file) -> compressed folder
-    calibrated: bool = False
+    # (model_dir, out_dir, calibration: a named text or file) -> compressed folder; None: the dense model itself
+    compress: Callable[[Path, Path, str], Path] | None
 
 
 def _gqsa_rtn(bits: int, group_size: int) -> DemoMethod:
@@ -51,7 +50,7 @@ def _gqsa_calibrated(bits: int, group_size: int, sparsity: float) -> DemoMethod:
         recipe = GQSARecipe(bits=bits, group_size=group_size, sparsity=sparsity, **DEMO_CALIBRATION)
         return compress_gqsa(model_dir, out_dir, recipe=recipe, calibration=calibration_text)
 
-    return DemoMethod(f"gqsa w{bits}s{round(sparsity * 100)}g{group_size}", run, calibrated=True)
+    return DemoMethod(f"gqsa w{bits}s{round(sparsity * 100)}g{group_size}", run)
 
 
 def available_methods() -> list[DemoMethod]:

@@ -11,11 +11,6 @@ from sparseflow.kernels.gqsa import FORMAT_NAME, TENSOR_NAMES, GQSACheckpointCon
 from sparseflow.nn import GQSALinear
 
 
-def _replace_module(root: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
-
-
 def load_model(model_dir: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """A ``transformers`` causal LM with every GQSA linear as ``GQSALinear`` (same math as vLLM).
 
@@ -47,7 +42,7 @@ def load_model(model_dir: str | Path, *, dtype: torch.dtype = torch.float32, dev
         for t in TENSOR_NAMES:
             del state[prefix + t]
         bias = state.pop(f"{prefix}bias", None)
-        _replace_module(model, name, GQSALinear.from_weight(w, bias))
+        model.set_submodule(name, GQSALinear.from_weight(w, bias))
 
     missing, unexpected = model.load_state_dict(state, strict=False)
     # GQSALinear tensors were set from the format above; a tied lm_head is filled by tie_weights().

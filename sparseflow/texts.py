@@ -49,10 +49,13 @@ def shared_data_dir(required: bool = False) -> Path | None:
     return None
 
 
+def _gutenberg_dir() -> Path:
+    return shared_data_dir(required=True) / "gutenberg"
+
+
 def gutenberg_books() -> list[Path]:
     """Every book of the shared corpus, sorted by file name."""
-    root = shared_data_dir(required=True) / "gutenberg"
-    return sorted(p for p in root.glob("*.txt"))
+    return sorted(_gutenberg_dir().glob("*.txt"))
 
 
 def training_books() -> list[Path]:
@@ -64,6 +67,11 @@ def _python_docs() -> str:
     from pydoc_data.topics import topics
 
     return "\n\n".join(topics[k].strip() for k in sorted(topics))
+
+
+def heldout_books() -> list[Path]:
+    """The held-out books (never trained on), in ``HELDOUT_BOOKS`` order."""
+    return [_gutenberg_dir() / b for b in HELDOUT_BOOKS]
 
 
 def builtin_text() -> str:
@@ -86,13 +94,11 @@ def load_text(name_or_path: str | Path) -> str:
     if name == "builtin-calibration":
         return builtin_calibration_text()
     if name == "heldout":
-        root = shared_data_dir(required=True) / "gutenberg"
-        return "\n\n".join((root / b).read_text(encoding="utf-8") for b in HELDOUT_BOOKS)
+        return "\n\n".join(p.read_text(encoding="utf-8") for p in heldout_books())
     if name == "calibration":
-        root = shared_data_dir(required=True) / "gutenberg"
         parts = []
         for b in CALIBRATION_BOOKS:
-            book = (root / b).read_text(encoding="utf-8")
+            book = (_gutenberg_dir() / b).read_text(encoding="utf-8")
             parts.append(book[len(book) // 2: len(book) // 2 + 20_000])
         return "\n\n".join(parts)
     if name == "wikitext2":

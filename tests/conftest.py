@@ -7,13 +7,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_python
+from helpers import result_of, run_python
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -60,8 +59,6 @@ def vllm_greedy():
             out = generate_greedy({str(model_dir)!r}, {prompts!r}, max_tokens={max_tokens}, **{engine_kwargs!r})
             print("RESULT " + json.dumps(out))
         """
-        proc = run_python(code, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-        return json.loads(line[len("RESULT "):])
+        return result_of(run_python(code, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}))
 
     return generate

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,3 +19,45 @@ def run_python(code: str, *, env: dict | None = None, timeout: int = 600) -> sub
     if proc.returncode != 0:
         raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def result_of(proc: subprocess.CompletedProcess):
+    """The JSON a subprocess printed on its last ``RESULT `` line."""
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def vllm_engine_run(model_dir, prompts: list[list[int]], max_tokens: int, ppl_tokens: int,
+                    cloze_samples: int = 0) -> dict:
+    """One real vLLM CPU engine (fp32, vLLM's default multiprocessing) on ``model_dir``: greedy continuations
+    of token-id ``prompts``, perplexity of the built-in text over ``ppl_tokens`` tokens and, when
+    ``cloze_samples``, cloze accuracy. Returns ``{"greedy", "ppl", "cloze"}``."""
+    code = f"""
+    import json
+
+    def main():
+        from vllm import LLM, SamplingParams
+        from sparseflow.evaluate import cloze_accuracy, perplexity
+        from sparseflow.serve import cpu_engine_kwargs, shutdown_engine
+        from sparseflow.texts import builtin_text
+        llm = LLM(model={str(model_dir)!r}, max_model_len=1024, skip_tokenizer_init=True, **cpu_engine_kwargs())
+        outs = llm.generate([{{"prompt_token_ids": p}} for p in {prompts!r}],
+                            SamplingParams(max_tokens={max_tokens}, temperature=0.0, ignore_eos=True),
+                            use_tqdm=False)
+        ppl = perplexity({str(model_dir)!r}, builtin_text(), engine="vllm", max_tokens={ppl_tokens}, llm=llm)
+        cloze = None
+        if {cloze_samples}:
+            cloze = cloze_accuracy({str(model_dir)!r}, builtin_text(), engine="vllm", n={cloze_samples}, llm=llm)
+        print("RESULT " + json.dumps({{"greedy": [list(o.outputs[0].token_ids) for o in outs],
+                                      "ppl": ppl.perplexity, "cloze": cloze and cloze.accuracy}}))
+        shutdown_engine(llm)
+
+    if __name__ == "__main__":
+        main()
+        # vLLM 0.32 (CPU) has aborted during interpreter teardown ("terminate called without an active
+        # exception") after all work and an explicit engine shutdown; the results are printed by then.
+        import os, sys
+        sys.stdout.flush()
+        os._exit(0)
+    """
+    return result_of(run_python(code, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}))

@@ -103,40 +103,14 @@ def test_cli_compress_records_the_recipe(pruned_reference_dir):
 def test_vllm_serves_pruned_gqsa_like_transformers(pruned_reference_dir):
     """Pruned GQSA (W4S50) in the real vLLM CPU engine: same greedy tokens and perplexity as transformers
     over the same stored format."""
-    from helpers import run_python
+    from helpers import vllm_engine_run
 
     from sparseflow.evaluate import load_tokenizer, perplexity, tokenize
     from sparseflow.texts import builtin_text
 
     prompts = [tokenize(load_tokenizer(pruned_reference_dir), p) for p in
                ("It was a dark and stormy night, and", "The ship sailed at dawn", "She opened the letter")]
-    code = f"""
-    import json
-
-    def main():
-        from vllm import LLM, SamplingParams
-        from sparseflow.evaluate import perplexity
-        from sparseflow.serve import cpu_engine_kwargs, shutdown_engine
-        from sparseflow.texts import builtin_text
-        llm = LLM(model={str(pruned_reference_dir)!r}, max_model_len=1024, skip_tokenizer_init=True,
-                  **cpu_engine_kwargs())
-        outs = llm.generate([{{"prompt_token_ids": p}} for p in {prompts!r}],
-                            SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True), use_tqdm=False)
-        ppl = perplexity({str(pruned_reference_dir)!r}, builtin_text(), engine="vllm", max_tokens=2048, llm=llm)
-        print("RESULT " + json.dumps({{"greedy": [list(o.outputs[0].token_ids) for o in outs],
-                                      "ppl": ppl.perplexity}}))
-        shutdown_engine(llm)
-
-    if __name__ == "__main__":
-        main()
-        # vLLM 0.32 (CPU) has aborted during interpreter teardown ("terminate called without an active
-        # exception") after all work and an explicit engine shutdown; the results are printed by then.
-        import os, sys
-        sys.stdout.flush()
-        os._exit(0)
-    """
-    proc = run_python(code, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
-    got = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+    got = vllm_engine_run(pruned_reference_dir, prompts, max_tokens=12, ppl_tokens=2048)
     model = load_model(pruned_reference_dir)
     assert got["greedy"] == generate_greedy_hf(model, prompts, max_tokens=12)
     hf_ppl = perplexity(pruned_reference_dir, builtin_text(), max_tokens=2048, model=model, progress=False)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers import run_python
+from helpers import vllm_engine_run
 
 from sparseflow.evaluate import (
     cloze_accuracy,
@@ -115,35 +115,7 @@ def test_vllm_and_transformers_agree_on_reference(reference, hf_model):
     accuracy, compared with transformers over the same checkpoint."""
     tokenizer = load_tokenizer(reference)
     prompts = [tokenize(tokenizer, p) for p in PROMPTS]
-    # inside a function: a vLLM engine left for interpreter shutdown to destroy aborts the process
-    code = f"""
-    import json
-
-    def main():
-        from vllm import LLM, SamplingParams
-        from sparseflow.evaluate import cloze_accuracy, perplexity
-        from sparseflow.serve import cpu_engine_kwargs, shutdown_engine
-        from sparseflow.texts import builtin_text
-        llm = LLM(model={str(reference)!r}, max_model_len=1024, skip_tokenizer_init=True,
-                  **cpu_engine_kwargs())
-        outs = llm.generate([{{"prompt_token_ids": p}} for p in {prompts!r}],
-                            SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True), use_tqdm=False)
-        ppl = perplexity({str(reference)!r}, builtin_text(), engine="vllm", max_tokens=3000, llm=llm)
-        cloze = cloze_accuracy({str(reference)!r}, builtin_text(), engine="vllm", n=40, llm=llm)
-        print("RESULT " + json.dumps({{"greedy": [list(o.outputs[0].token_ids) for o in outs],
-                                      "ppl": ppl.perplexity, "cloze": cloze.accuracy}}))
-        shutdown_engine(llm)
-
-    if __name__ == "__main__":
-        main()
-        # vLLM 0.32 (CPU) has aborted during interpreter teardown ("terminate called without an active
-        # exception") after all work and an explicit engine shutdown; the results are printed by then.
-        import os, sys
-        sys.stdout.flush()
-        os._exit(0)
-    """
-    proc = run_python(code, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
-    got = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+    got = vllm_engine_run(reference, prompts, max_tokens=16, ppl_tokens=3000, cloze_samples=40)
 
     assert got["greedy"] == generate_greedy_hf(hf_model, prompts, max_tokens=16)
     ppl = perplexity(reference, builtin_text(), max_tokens=3000, model=hf_model, progress=False).perplexity

@@ -23,6 +23,7 @@ from sparseflow.compressors.baselines import group_quantize, nm_prune
 from sparseflow.compressors.blockwise import capture_block_inputs, input_hessians, linear_children, walk_blocks
 from sparseflow.compressors.data import calibration_ids
 from sparseflow.compressors.gqsa import GQSARecipe, compress_model
+from sparseflow.demo import linear_bits_per_weight
 from sparseflow.evaluate import load_tokenizer, perplexity
 from sparseflow.nn import GQSALinear
 from sparseflow.reference import reference_model_dir
@@ -78,14 +79,9 @@ def apply_baseline(model, ids, spec, batch_size: int = 4) -> None:
 def gqsa_model(model, ids, recipe: GQSARecipe) -> float:
     """Compress in place, then put the stored format (GQSALinear) in; returns stored bits per weight."""
     weights, _ = compress_model(model, ids, recipe, progress=False)
-    bits = weights_n = 0
     for name, w in weights.items():
-        fake = model.get_submodule(name)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, GQSALinear.from_weight(w, fake.bias))
-        bits += 8 * w.storage_bytes()
-        weights_n += w.out_features * w.in_features
-    return bits / weights_n
+        model.set_submodule(name, GQSALinear.from_weight(w, model.get_submodule(name).bias))
+    return linear_bits_per_weight(model)
 
 
 def main() -> None:

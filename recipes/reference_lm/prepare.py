@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from sparseflow.texts import HELDOUT_BOOKS, shared_data_dir, training_books
+from sparseflow.texts import heldout_books, training_books
 
 VOCAB_SIZE = 8192
 EOT = "<|endoftext|>"
@@ -50,7 +50,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     train_files = training_books()
-    heldout_files = [shared_data_dir(required=True) / "gutenberg" / b for b in HELDOUT_BOOKS]
+    heldout_files = heldout_books()
     tok = train_tokenizer(train_files)
 
     from transformers import PreTrainedTokenizerFast

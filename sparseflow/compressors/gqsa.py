@@ -73,11 +73,6 @@ class GQSARecipe:
         return asdict(self)
 
 
-def _set_module(root: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, new)
-
-
 def _train(params: list, steps: int, lr: float, loss_of_batch, n: int, batch: int,
            seed: int, desc: str, progress: bool) -> list[float]:
     opt = torch.optim.Adam(params, lr=lr)
@@ -120,7 +115,7 @@ def compress_model(model: torch.nn.Module, calibration_ids: torch.Tensor | None,
             fake = FakeQuantLinear(linear, keep, bits=recipe.bits, group_size=recipe.group_size,
                                    train_weight=recipe.stage1 and recipe.stage1_train_weights).to(
                                        linear.weight.device)
-            _set_module(block, name, fake)
+            block.set_submodule(name, fake)
             fakes[full] = fake
 
     if not recipe.needs_calibration:

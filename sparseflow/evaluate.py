@@ -215,10 +215,10 @@ def perplexity(model_dir: str | Path, text: str, *, text_name: str = "text", eng
     if engine == "hf":
         logprobs = _hf_token_logprobs(model or _hf_model(model_dir, device), ids, plan, progress)
     else:
-        engine = llm or _vllm_engine(model_dir, context)
-        logprobs = _vllm_token_logprobs(engine, ids, plan, progress)
+        vllm_llm = llm or _vllm_engine(model_dir, context)
+        logprobs = _vllm_token_logprobs(vllm_llm, ids, plan, progress)
         if llm is None:
-            shutdown_engine(engine)
+            shutdown_engine(vllm_llm)
     nll = -sum(logprobs) / len(logprobs)
     return PerplexityResult(model=str(model_dir), engine=engine, text=text_name, context=context, stride=stride,
                             tokens_scored=len(logprobs), windows=len(plan), nll=nll, perplexity=math.exp(nll),
@@ -264,10 +264,10 @@ def cloze_accuracy(model_dir: str | Path, text: str, *, text_name: str = "text",
     if engine == "hf":
         hits = _hf_greedy_hits(model or _hf_model(model_dir, device), samples, progress)
     else:
-        engine = llm or _vllm_engine(model_dir, context_tokens + 32)
-        hits = _vllm_greedy_hits(engine, samples, progress)
+        vllm_llm = llm or _vllm_engine(model_dir, context_tokens + 32)
+        hits = _vllm_greedy_hits(vllm_llm, samples, progress)
         if llm is None:
-            shutdown_engine(engine)
+            shutdown_engine(vllm_llm)
     logger.debug("cloze: %d samples, %d hits", len(hits), sum(hits))
     return ClozeResult(model=str(model_dir), engine=engine, text=text_name, samples=len(hits),
                        accuracy=sum(hits) / len(hits), seconds=round(time.perf_counter() - t0, 2))

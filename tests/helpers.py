@@ -31,7 +31,7 @@ def vllm_engine_run(model_dir, prompts: list[list[int]], max_tokens: int, ppl_to
                     cloze_samples: int = 0) -> dict:
     """One real vLLM CPU engine (fp32, vLLM's default multiprocessing) on ``model_dir``: greedy continuations
     of token-id ``prompts``, perplexity of the built-in text over ``ppl_tokens`` tokens and, when
-    ``cloze_samples``, cloze accuracy. Returns ``{"greedy", "ppl", "cloze"}``."""
+    ``cloze_samples``, cloze accuracy. Returns ``{"greedy", "ppl", "ppl_engine", "cloze"}``."""
     code = f"""
     import json
 
@@ -49,7 +49,8 @@ def vllm_engine_run(model_dir, prompts: list[list[int]], max_tokens: int, ppl_to
         if {cloze_samples}:
             cloze = cloze_accuracy({str(model_dir)!r}, builtin_text(), engine="vllm", n={cloze_samples}, llm=llm)
         print("RESULT " + json.dumps({{"greedy": [list(o.outputs[0].token_ids) for o in outs],
-                                      "ppl": ppl.perplexity, "cloze": cloze and cloze.accuracy}}))
+                                      "ppl": ppl.perplexity, "ppl_engine": ppl.engine,
+                                      "cloze": cloze and cloze.accuracy}}))
         shutdown_engine(llm)
 
     if __name__ == "__main__":

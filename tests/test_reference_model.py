@@ -116,6 +116,7 @@ def test_vllm_and_transformers_agree_on_reference(reference, hf_model):
     tokenizer = load_tokenizer(reference)
     prompts = [tokenize(tokenizer, p) for p in PROMPTS]
     got = vllm_engine_run(reference, prompts, max_tokens=16, ppl_tokens=3000, cloze_samples=40)
+    assert got["ppl_engine"] == "vllm"
 
     assert got["greedy"] == generate_greedy_hf(hf_model, prompts, max_tokens=16)
     ppl = perplexity(reference, builtin_text(), max_tokens=3000, model=hf_model, progress=False).perplexity

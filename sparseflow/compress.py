@@ -28,7 +28,7 @@ def compress_gqsa(model_dir: str | Path, out_dir: str | Path, *, bits: int = 4, 
 
     if recipe is None:
         recipe = GQSARecipe(bits=bits, group_size=group_size, sparsity=sparsity, saliency="magnitude",
-                            stage1=False, stage2=False)
+                            compensate=False, stage1=False, stage2=False)
     config = read_config(model_dir)
     if "quantization_config" in config:
         raise ValueError(f"{model_dir} is already quantized ({config['quantization_config'].get('quant_method')})")

@@ -145,3 +145,20 @@ def test_rtn_recipe_needs_no_calibration():
     assert all(abs(w.density() - 0.75) < 0.01 for w in weights.values())
     with pytest.raises(ValueError, match="calibration"):
         compress_model(_reference_fp32(), None, GQSARecipe(), progress=False)
+
+
+def test_compress_without_recipe_reads_no_calibration_data(tmp_path, monkeypatch):
+    """The documented data-free path (`--rtn`): RTN codes and magnitude pruning, no calibration text read."""
+    import sparseflow.texts
+    from sparseflow.compress import compress_gqsa
+    from sparseflow.hf_loader import load_model
+    from sparseflow.nn import GQSALinear
+    from sparseflow.reference import reference_model_dir
+
+    def no_text(name):
+        raise AssertionError(f"calibration text {name!r} was read")
+
+    monkeypatch.setattr(sparseflow.texts, "load_text", no_text)
+    out = compress_gqsa(reference_model_dir(), tmp_path / "rtn", sparsity=0.5, progress=False)
+    linears = [m for m in load_model(out).modules() if isinstance(m, GQSALinear)]
+    assert all(abs(m.weight_format().density() - 0.5) < 0.01 for m in linears)

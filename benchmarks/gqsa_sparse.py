@@ -1,66 +1,61 @@
 """GQSA with pruned groups (W4, 50% of g16 groups pruned) against dense bf16 and torch's int4 tinygemm.
 
-The issue's shapes and batches. At small M the task-centric GEMV is also timed per chunk size and warp
-count (the sweep behind ``task_gemv_config``). Weights rotate through copies so each call reads HBM.
+The issue's shapes and batches, every implementation timed as CUDA-graph replays (as vLLM decodes; host
+launch cost stays out). At M=1 the task-centric GEMV is also timed per configuration (the sweep behind
+``task_gemv_config``). Weights rotate through copies so each call reads HBM.
 """
 
 from __future__ import annotations
 
-import itertools
-
 from .gqsa_linear import _copies, _tinygemm
-from .harness import Row, over_shapes, register, time_ms
+from .harness import Row, over_shapes, register, time_graph_ms
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
 BATCHES = [1, 4, 16, 64, 256, 2048]
-SWEEP = [(c, w) for c in (128, 256) for w in (4, 8)]
+# (CHUNK, ITERS, num_warps) of the task GEMV
+SWEEP = [(c, i, w) for c in (128, 256, 512) for i in (1, 4) for w in (4, 8)]
 
 
-def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
+def _bench_shape(n: int, k: int, batches: list[int], sweep: list[tuple[int, int, int]]) -> list[Row]:
     import torch
     import torch.nn.functional as F
     from sparseflow.kernels.gqsa import gqsa_linear, gqsa_linear_reference, prepare_for_kernels, quantize_rtn
-    from sparseflow.kernels.gqsa.triton_kernels import gqsa_dequantize, gqsa_task_gemv, task_rows
+    from sparseflow.kernels.gqsa.triton_kernels import gqsa_dequantize, gqsa_task_gemv
     from sparseflow.kernels.testing import rel_error
 
     dev = torch.device("cuda")
     dense = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
-    dense_pool = itertools.cycle([dense.clone() for _ in range(_copies(2 * n * k))])
+    dense_pool = [dense.clone() for _ in range(_copies(2 * n * k))]
     keep = torch.rand(n, k // 16, device=dev) >= 0.5
     w = quantize_rtn(dense, bits=4, group_size=16, keep=keep)
-    pool_list = [w] + [w.clone() for _ in range(_copies(w.storage_bytes()) - 1)]
-    for p in pool_list:  # build the task tables (dispatch's and the sweep's) outside the timed region
+    pool = [w] + [w.clone() for _ in range(_copies(w.storage_bytes()) - 1)]
+    for p in pool:
         prepare_for_kernels(p)
-        for chunk in {c for c, _ in SWEEP}:
-            task_rows(p, chunk)
-    pool = itertools.cycle(pool_list)
     packed, scales_zeros = _tinygemm(dense)
-    tg_pool = itertools.cycle([(packed.clone(), scales_zeros.clone()) for _ in range(_copies(n * k // 2))])
+    tg_pool = [(packed.clone(), scales_zeros.clone()) for _ in range(_copies(n * k // 2))]
     rows: list[Row] = []
     for m in batches:
         case = f"N={n} K={k} M={m}"
         x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
         io = 2 * m * k + 2 * m * n
         flops = 2.0 * m * n * k
-        rows.append(Row(case, "dense bf16", time_ms(lambda x=x: F.linear(x, next(dense_pool))), 2 * n * k + io, flops))
-
-        def tinygemm_call(x=x):
-            p, sz = next(tg_pool)
-            return torch.ops.aten._weight_int4pack_mm(x, p, 128, sz)
-
-        rows.append(Row(case, "torch int4 g128", time_ms(tinygemm_call), n * k // 2 + (k // 128) * n * 4 + io, flops))
+        ms = time_graph_ms([lambda x=x, d=d: F.linear(x, d) for d in dense_pool])
+        rows.append(Row(case, "dense bf16", ms, 2 * n * k + io, flops))
+        ms = time_graph_ms([lambda x=x, p=p, sz=sz: torch.ops.aten._weight_int4pack_mm(x, p, 128, sz)
+                            for p, sz in tg_pool])
+        rows.append(Row(case, "torch int4 g128", ms, n * k // 2 + (k // 128) * n * 4 + io, flops))
         err = rel_error(gqsa_linear(x, w), gqsa_linear_reference(x, w))
         extra = {"rel_err_vs_reference": err, "bits_per_weight": w.bits_per_weight(), "density": w.density()}
         floor_bytes = w.storage_bytes() + io
-        rows.append(Row(case, "gqsa w4s50g16", time_ms(lambda x=x: gqsa_linear(x, next(pool))), floor_bytes, flops,
-                        note=f"err {err:.1e}", extra=extra))
-        if m <= 16:
-            for chunk, warps in SWEEP:
-                cfg = {"CHUNK": chunk, "num_warps": warps}
-                ms = time_ms(lambda x=x, cfg=cfg: gqsa_task_gemv(x, next(pool), config=cfg))
-                rows.append(Row(case, f"task c{chunk} w{warps}", ms, floor_bytes, flops))
+        ms = time_graph_ms([lambda x=x, p=p: gqsa_linear(x, p) for p in pool])
+        rows.append(Row(case, "gqsa w4s50g16", ms, floor_bytes, flops, note=f"err {err:.1e}", extra=extra))
+        if m == 1:
+            for chunk, iters, warps in sweep:
+                cfg = {"CHUNK": chunk, "ITERS": iters, "num_warps": warps}
+                ms = time_graph_ms([lambda x=x, p=p, cfg=cfg: gqsa_task_gemv(x, p, config=cfg) for p in pool])
+                rows.append(Row(case, f"task c{chunk} i{iters} w{warps}", ms, floor_bytes, flops, extra=cfg))
         if m >= 16:
-            ms = time_ms(lambda x=x: F.linear(x, gqsa_dequantize(next(pool), x.dtype)))
+            ms = time_graph_ms([lambda x=x, p=p: F.linear(x, gqsa_dequantize(p, x.dtype)) for p in pool[:4]])
             rows.append(Row(case, "gqsa deq+mm", ms, floor_bytes, flops))
     return rows
 
@@ -70,4 +65,4 @@ def run(quick: bool = False) -> list[Row]:
     """The GQSA issue's benchmark: W4S50 g16 vs dense bf16 and torch int4, shapes x M."""
     batches = [1, 16] if quick else BATCHES
     return over_shapes("gqsa_sparse", SHAPES[:2] if quick else SHAPES,
-                       lambda n, k: _bench_shape(n, k, batches))
+                       lambda n, k: _bench_shape(n, k, batches, SWEEP[:2] if quick else SWEEP))

@@ -103,6 +103,42 @@ def time_ms(fn: Callable[[], Any], *, warmup_ms: int = 25, rep_ms: int = 100) ->
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
+def time_graph_ms(calls: list[Callable[[], Any]], *, reps: int = 30) -> float:
+    """Median milliseconds per call when one CUDA graph runs every call of ``calls`` once, in order.
+
+    This is how vLLM runs decode (CUDA graphs), and it keeps host-side launch cost out of the number, which
+    ``do_bench`` on small kernels does not: there the Python launch path can take longer than the kernel.
+    Pass one call per weight copy so each reads HBM, not L2. Calls run once before capture (compilation,
+    lazily built tables)."""
+    import statistics
+
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for call in calls:
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / len(calls))
+    del graph
+    return float(statistics.median(times))
+
+
 def environment() -> dict[str, Any]:
     import torch
 

@@ -214,8 +214,8 @@ def _dense_groups_dequant_kernel(
 
 @triton.jit
 def _task_group_rows(rowptr_ptr, task_row_ptr, pid_t, gidx, gmask, CHUNK: tl.constexpr):
-    """Row of each stored group ``gidx`` of chunk ``pid_t``: the largest r in [row0, row1] (the chunk's
-    first and last rows, precomputed on the host) with ``row_ptr[r] <= gidx``; a few steps of binary search."""
+    """Row of each stored group ``gidx`` of task ``pid_t``: the largest r in [row0, row1] (the task's first and
+    last rows, precomputed on the host) with ``row_ptr[r] <= gidx``; a few steps of binary search."""
     row0 = tl.load(task_row_ptr + pid_t)
     row1 = tl.load(task_row_ptr + pid_t + 1)
     lo = tl.zeros([CHUNK], dtype=tl.int32) + row0
@@ -234,44 +234,47 @@ def _task_group_rows(rowptr_ptr, task_row_ptr, pid_t, gidx, gmask, CHUNK: tl.con
 def _task_gemv_kernel(
     x_ptr, words_ptr, col_ptr, rowptr_ptr, scale_ptr, zero_ptr, task_row_ptr, y_ptr,
     NNZ, M, stride_xm, stride_ym,
-    G: tl.constexpr, BITS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr,
+    G: tl.constexpr, BITS: tl.constexpr, CHUNK: tl.constexpr, ITERS: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """Task-centric decode GEMV: program ``t`` owns stored groups ``[t*CHUNK, (t+1)*CHUNK)`` whatever rows they
-    belong to, so every program reads the same number of bytes however uneven the rows are. Codes and x are
-    handled as ``[CHUNK, words per group, codes per word]`` tiles (each thread holds a word's codes and the
-    matching contiguous x values: vector loads, no reshapes); the decoded tile serves ``BLOCK_M`` input rows.
-    Per-row sums use the chunk's running sum: a row's first group in the chunk subtracts the sum before it,
-    its last group adds the sum through it (two fp32 atomics per row touched; ``y`` starts at zero)."""
+    """Task-centric decode GEMV: program ``t`` owns stored groups ``[t*CHUNK*ITERS, (t+1)*CHUNK*ITERS)`` whatever
+    rows they belong to, so every program reads the same number of bytes however uneven the rows are; it walks
+    them ``CHUNK`` at a time. Codes and x are handled as ``[CHUNK, words per group, codes per word]`` tiles (each
+    thread holds a word's codes and the matching contiguous x values: vector loads, no reshapes); the decoded
+    tile serves ``BLOCK_M`` input rows. Per-row sums use the step's running sum: a row's first group in the step
+    subtracts the sum before it, its last group adds the sum through it (two fp32 atomics per row touched; ``y``
+    starts at zero)."""
     WPG: tl.constexpr = G * BITS // 32  # 32-bit words per group
     CPW: tl.constexpr = 32 // BITS  # codes per word
     MASK: tl.constexpr = (1 << BITS) - 1
     pid_t = tl.program_id(0)
     pid_m = tl.program_id(1)
-    gidx = pid_t * CHUNK + tl.arange(0, CHUNK)
-    gmask = gidx < NNZ
-    gidx64 = gidx.to(tl.int64)
-    rows = _task_group_rows(rowptr_ptr, task_row_ptr, pid_t, gidx, gmask, CHUNK)
-    col = tl.load(col_ptr + gidx64, mask=gmask, other=0).to(tl.int32)
-    s = tl.load(scale_ptr + gidx64, mask=gmask, other=0.0).to(tl.float32)
-    z = tl.load(zero_ptr + gidx64, mask=gmask, other=0.0).to(tl.float32)
     wi = tl.arange(0, WPG)
     ci = tl.arange(0, CPW)
-    word = tl.load(words_ptr + gidx64[:, None] * WPG + wi[None, :], mask=gmask[:, None], other=0)
-    q = ((word[:, :, None] >> (ci * BITS)[None, None, :]) & MASK).to(tl.float32)  # [CHUNK, WPG, CPW]
-    xk = col[:, None, None] * G + (wi * CPW)[None, :, None] + ci[None, None, :]
-    first = gmask & ((gidx == tl.load(rowptr_ptr + rows, mask=gmask, other=0)) | (gidx == pid_t * CHUNK))
-    last = gmask & ((gidx + 1 == tl.load(rowptr_ptr + rows + 1, mask=gmask, other=0))
-                    | (gidx == pid_t * CHUNK + CHUNK - 1))
-    for i in tl.static_range(BLOCK_M):
-        m = pid_m * BLOCK_M + i
-        if m < M:
-            xv = tl.load(x_ptr + m.to(tl.int64) * stride_xm + xk, mask=gmask[:, None, None], other=0.0)
-            xv = xv.to(tl.float32)
-            part = s * (tl.sum(tl.sum(q * xv, axis=2), axis=1) - z * tl.sum(tl.sum(xv, axis=2), axis=1))
-            run = tl.cumsum(part, axis=0)
-            y_row = y_ptr + m.to(tl.int64) * stride_ym + rows
-            tl.atomic_add(y_row, part - run, mask=first & (run != part), sem="relaxed")
-            tl.atomic_add(y_row, run, mask=last, sem="relaxed")
+    for it in range(ITERS):
+        base = (pid_t * ITERS + it) * CHUNK
+        gidx = base + tl.arange(0, CHUNK)
+        gmask = gidx < NNZ
+        gidx64 = gidx.to(tl.int64)
+        rows = _task_group_rows(rowptr_ptr, task_row_ptr, pid_t, gidx, gmask, CHUNK)
+        col = tl.load(col_ptr + gidx64, mask=gmask, other=0).to(tl.int32)
+        s = tl.load(scale_ptr + gidx64, mask=gmask, other=0.0).to(tl.float32)
+        z = tl.load(zero_ptr + gidx64, mask=gmask, other=0.0).to(tl.float32)
+        word = tl.load(words_ptr + gidx64[:, None] * WPG + wi[None, :], mask=gmask[:, None], other=0)
+        q = ((word[:, :, None] >> (ci * BITS)[None, None, :]) & MASK).to(tl.float32)  # [CHUNK, WPG, CPW]
+        xk = col[:, None, None] * G + (wi * CPW)[None, :, None] + ci[None, None, :]
+        first = gmask & ((gidx == tl.load(rowptr_ptr + rows, mask=gmask, other=0)) | (gidx == base))
+        last = gmask & ((gidx + 1 == tl.load(rowptr_ptr + rows + 1, mask=gmask, other=0))
+                        | (gidx == base + CHUNK - 1))
+        for i in tl.static_range(BLOCK_M):
+            m = pid_m * BLOCK_M + i
+            if m < M:
+                xv = tl.load(x_ptr + m.to(tl.int64) * stride_xm + xk, mask=gmask[:, None, None], other=0.0)
+                xv = xv.to(tl.float32)
+                part = s * (tl.sum(tl.sum(q * xv, axis=2), axis=1) - z * tl.sum(tl.sum(xv, axis=2), axis=1))
+                run = tl.cumsum(part, axis=0)
+                y_row = y_ptr + m.to(tl.int64) * stride_ym + rows
+                tl.atomic_add(y_row, part - run, mask=first & (run != part), sem="relaxed")
+                tl.atomic_add(y_row, run, mask=last, sem="relaxed")
 
 
 @triton.jit
@@ -361,9 +364,9 @@ def task_rows(w: GQSAWeight, chunk: int) -> torch.Tensor:
 
 
 def task_gemv_config(n: int, k: int, g: int, bits: int) -> dict:
-    """Chunk of stored groups per program (1 KB of codes) and warps: the best of the H200 sweep on all five
-    shapes (benchmarks/results/gqsa_sparse-NVIDIA_H200.json, commit f54fb69: CHUNK 128 with 4 warps at W4 g16)."""
-    return dict(CHUNK=max(8, 8192 // (g * bits)), num_warps=4)
+    """Stored groups per step (1 KB of codes), steps per program and warps: the best of the H200 sweep on all
+    five shapes (benchmarks/results/gqsa_sparse-NVIDIA_H200.json, commit f54fb69: CHUNK 128 with 4 warps at W4 g16)."""
+    return dict(CHUNK=max(8, 8192 // (g * bits)), ITERS=1, num_warps=4)
 
 
 def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,
@@ -372,16 +375,16 @@ def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = N
     m = x.shape[0]
     if (w.group_size * w.bits) % 32:
         raise ValueError(f"task GEMV needs whole 32-bit words per group (g={w.group_size}, bits={w.bits})")
-    cfg = dict(config or task_gemv_config(w.out_features, w.in_features, w.group_size, w.bits))
-    chunk = cfg.pop("CHUNK")
+    cfg = {"ITERS": 1, **(config or task_gemv_config(w.out_features, w.in_features, w.group_size, w.bits))}
+    chunk, iters = cfg.pop("CHUNK"), cfg.pop("ITERS")
     y = torch.zeros(m, w.out_features, dtype=torch.float32, device=x.device)
     if w.nnz_groups:
-        rows = task_rows(w, chunk)
+        rows = task_rows(w, chunk * iters)
         block_m = cfg.pop("BLOCK_M", min(triton.next_power_of_2(m), 8))
         grid = (rows.numel() - 1, triton.cdiv(m, block_m))
         _task_gemv_kernel[grid](
             x, _as_words(w), w.group_col, w.row_ptr, w.scale, w.zero, rows, y,
-            w.nnz_groups, m, x.stride(0), y.stride(0), G=w.group_size, BITS=w.bits, CHUNK=chunk,
+            w.nnz_groups, m, x.stride(0), y.stride(0), G=w.group_size, BITS=w.bits, CHUNK=chunk, ITERS=iters,
             BLOCK_M=block_m, **cfg,
         )
     if bias is not None:

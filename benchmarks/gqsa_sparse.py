@@ -12,15 +12,15 @@ from .harness import Row, over_shapes, register, time_graph_ms
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
 BATCHES = [1, 4, 16, 64, 256, 2048]
-# (CHUNK, ITERS, num_warps) of the task GEMV
-SWEEP = [(c, i, w) for c in (128, 256, 512) for i in (1, 4) for w in (4, 8)]
+# (TASK, BLOCK, num_warps) of the task GEMV, next to the default (task_gemv_config)
+SWEEP = [(512, 64, 2), (1024, 64, 2), (1024, 32, 1), (1024, 128, 4)]
 
 
 def _bench_shape(n: int, k: int, batches: list[int], sweep: list[tuple[int, int, int]]) -> list[Row]:
     import torch
     import torch.nn.functional as F
     from sparseflow.kernels.gqsa import gqsa_linear, gqsa_linear_reference, prepare_for_kernels, quantize_rtn
-    from sparseflow.kernels.gqsa.triton_kernels import gqsa_dequantize, gqsa_task_gemv
+    from sparseflow.kernels.gqsa.triton_kernels import gqsa_dequantize, gqsa_task_gemv, task_gemv_config
     from sparseflow.kernels.testing import rel_error
 
     dev = torch.device("cuda")
@@ -45,15 +45,16 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: list[tuple[int, int,
                             for p, sz in tg_pool])
         rows.append(Row(case, "torch int4 g128", ms, n * k // 2 + (k // 128) * n * 4 + io, flops))
         err = rel_error(gqsa_linear(x, w), gqsa_linear_reference(x, w))
-        extra = {"rel_err_vs_reference": err, "bits_per_weight": w.bits_per_weight(), "density": w.density()}
+        extra = {"rel_err_vs_reference": err, "bits_per_weight": w.bits_per_weight(), "density": w.density(),
+                 "task_gemv_config": task_gemv_config(w)}
         floor_bytes = w.storage_bytes() + io
         ms = time_graph_ms([lambda x=x, p=p: gqsa_linear(x, p) for p in pool])
         rows.append(Row(case, "gqsa w4s50g16", ms, floor_bytes, flops, note=f"err {err:.1e}", extra=extra))
         if m == 1:
-            for chunk, iters, warps in sweep:
-                cfg = {"CHUNK": chunk, "ITERS": iters, "num_warps": warps}
+            for task, block, warps in sweep:
+                cfg = {"TASK": task, "BLOCK": block, "num_warps": warps}
                 ms = time_graph_ms([lambda x=x, p=p, cfg=cfg: gqsa_task_gemv(x, p, config=cfg) for p in pool])
-                rows.append(Row(case, f"task c{chunk} i{iters} w{warps}", ms, floor_bytes, flops, extra=cfg))
+                rows.append(Row(case, f"task t{task} b{block} w{warps}", ms, floor_bytes, flops, extra=cfg))
         if m >= 16:
             ms = time_graph_ms([lambda x=x, p=p: F.linear(x, gqsa_dequantize(p, x.dtype)) for p in pool[:4]])
             rows.append(Row(case, "gqsa deq+mm", ms, floor_bytes, flops))

@@ -142,17 +142,17 @@ def test_dense_groups_gemv_matches_reference(m, n, k, bits, g, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
 @pytest.mark.parametrize("bits, g", [(4, 16), (4, 8), (4, 32), (8, 16), (2, 64)], ids=lambda v: str(v))
 @pytest.mark.parametrize("density", [1.0, 0.5, 0.1, 0.0])
-@pytest.mark.parametrize("chunk", [8, None], ids=["chunk8", "default"])
+@pytest.mark.parametrize("task", [8, 24, None], ids=["task8", "task24", "default"])
 @pytest.mark.parametrize("m, n, k", [(1, 37, 256), (2, 130, 384)], ids=lambda v: str(v))
-def test_task_gemv_matches_reference(m, n, k, bits, g, density, chunk, dtype):
-    """Task-centric GEMV: chunks of stored groups cross row boundaries (chunk 8: many rows per chunk and
-    rows split across chunks), empty rows, full rows, sparsity 0 / 0.5 / 0.9 / all pruned."""
+def test_task_gemv_matches_reference(m, n, k, bits, g, density, task, dtype):
+    """Task-centric GEMV: tasks of stored groups cross row boundaries (8 and 24 groups: many rows per task,
+    rows split across tasks, partial steps), empty rows, full rows, sparsity 0 / 0.5 / 0.9 / all pruned."""
     from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv, task_gemv_config
 
     w = _weight(n, k, bits, g, density)
     x = torch.randn(m, k, device=DEVICE).to(dtype)
     bias = torch.randn(n, device=DEVICE).to(dtype)
-    config = None if chunk is None else {**task_gemv_config(n, k, g, bits), "CHUNK": chunk}
+    config = None if task is None else {**task_gemv_config(w), "TASK": task, "BLOCK": 8}
     y = gqsa_task_gemv(x, w, bias, config=config)
     assert y.dtype == dtype and y.shape == (m, n)
     assert_close(y.float(), gqsa_linear_reference(x.float(), w, bias.float()), dtype, name=f"task gemv {dtype}")
@@ -169,9 +169,9 @@ def test_task_gemv_uneven_rows():
     keep[40, ::3] = True
     w = quantize_rtn(torch.randn(n, k), bits=4, group_size=g, keep=keep).to(DEVICE)
     x = torch.randn(1, k, device=DEVICE)
-    for chunk in (8, 16, 64):
-        y = gqsa_task_gemv(x, w, config={"CHUNK": chunk, "num_warps": 4})
-        assert_close(y, gqsa_linear_reference(x, w), torch.float32, name=f"uneven rows chunk {chunk}")
+    for task, block in ((8, 8), (16, 4), (64, 16)):
+        y = gqsa_task_gemv(x, w, config={"TASK": task, "BLOCK": block, "num_warps": 1})
+        assert_close(y, gqsa_linear_reference(x, w), torch.float32, name=f"uneven rows task {task}")
 
 
 def test_task_gemv_rejects_partial_words():
@@ -196,12 +196,37 @@ def test_task_dequantize_matches_reference(bits, g, density, chunk, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
-@pytest.mark.parametrize("m, block_m", [(5, 4), (3, 8), (8, 8), (2, 1)])
+@pytest.mark.parametrize("m, block_m", [(5, 4), (3, 2), (3, 4), (8, 4), (2, 1)])
 def test_task_gemv_several_input_rows(m, block_m, dtype):
-    """One decoded weight chunk serves BLOCK_M input rows; M not a multiple of BLOCK_M masks the tail."""
+    """One decoded weight word serves BLOCK_M input rows; M not a multiple of BLOCK_M masks the tail."""
     from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv
 
     w = _weight(45, 256, 4, 16, 0.5)
     x = torch.randn(m, 256, device=DEVICE).to(dtype)
-    y = gqsa_task_gemv(x, w, config={"CHUNK": 16, "num_warps": 4, "BLOCK_M": block_m})
+    y = gqsa_task_gemv(x, w, config={"TASK": 16, "BLOCK": 8, "num_warps": 1, "BLOCK_M": block_m})
     assert_close(y.float(), gqsa_linear_reference(x.float(), w), dtype, name=f"task gemv M={m}")
+
+
+def test_task_gemv_rejects_unsupported_block_m():
+    from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv
+
+    w = _weight(8, 64, 4, 16, 0.5)
+    with pytest.raises(ValueError, match="BLOCK_M"):
+        gqsa_task_gemv(torch.randn(8, 64, device=DEVICE), w, config={"TASK": 16, "BLOCK": 8, "BLOCK_M": 8})
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+@pytest.mark.parametrize("bits, g", [(4, 16), (2, 16), (8, 8)], ids=lambda v: str(v))
+def test_task_gemv_zero_points_off_the_grid(bits, g, dtype):
+    """The decode subtracts 2**23 + z * 2**pos in one step: exact for |z| >= 1, within 2**-11 below. Zeros that
+    E2E tuning moved anywhere in (-2**bits, 2**(bits+1)) (fractions, negatives, past the code range) must still
+    match the reference to precision."""
+    from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv
+
+    w = _weight(33, 256, bits, g, 0.6, seed=5)
+    torch.manual_seed(6)
+    span = 3 * 2**bits
+    w.zero.copy_((torch.rand(w.zero.shape) * span - 2**bits).clamp(-(2**bits) + 0.01, 2 ** (bits + 1) - 0.01))
+    x = torch.randn(2, 256, device=DEVICE).to(dtype)
+    y = gqsa_task_gemv(x, w, config={"TASK": 24, "BLOCK": 8, "num_warps": 1})
+    assert_close(y.float(), gqsa_linear_reference(x.float(), w), dtype, name="task gemv, tuned zeros")

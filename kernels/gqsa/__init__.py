@@ -80,8 +80,7 @@ def prepare_for_kernels(w: GQSAWeight) -> None:
     from .triton_kernels import dense_groups_supported, task_gemv_config, task_rows
 
     if not dense_groups_supported(w):
-        cfg = task_gemv_config(w.out_features, w.in_features, w.group_size, w.bits)
-        task_rows(w, cfg["CHUNK"] * cfg["ITERS"])
+        task_rows(w, task_gemv_config(w)["TASK"])
 
 
 def dequantize(w: GQSAWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:

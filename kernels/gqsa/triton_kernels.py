@@ -8,6 +8,7 @@ groups ``BLOCK_G`` at a time; rows shorter than the longest in the block are mas
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -214,7 +215,7 @@ def _dense_groups_dequant_kernel(
 
 @triton.jit
 def _task_group_rows(rowptr_ptr, task_row_ptr, pid_t, gidx, gmask, CHUNK: tl.constexpr):
-    """Row of each stored group ``gidx`` of task ``pid_t``: the largest r in [row0, row1] (the task's first and
+    """Row of each stored group ``gidx`` of chunk ``pid_t``: the largest r in [row0, row1] (the chunk's first and
     last rows, precomputed on the host) with ``row_ptr[r] <= gidx``; a few steps of binary search."""
     row0 = tl.load(task_row_ptr + pid_t)
     row1 = tl.load(task_row_ptr + pid_t + 1)
@@ -231,50 +232,135 @@ def _task_group_rows(rowptr_ptr, task_row_ptr, pid_t, gidx, gmask, CHUNK: tl.con
 
 
 @triton.jit
+def _window_layout(c, BITS: tl.constexpr):
+    """Where code ``c`` of a word is decoded: rotated left by ``rot`` so it sits at bit ``pos`` (15 <= pos <=
+    23 - BITS) of a float's mantissa. Neighbouring codes share a rotation (4-bit: two, at bits 15 and 19), so a
+    word costs a few rotations, not one shift per code."""
+    POS_MIN: tl.constexpr = 15
+    PER_ROT: tl.constexpr = (23 - BITS - POS_MIN) // BITS + 1
+    pos = POS_MIN + (c % PER_ROT) * BITS
+    rot = (pos - c * BITS + 32) % 32
+    return pos, rot
+
+
+@triton.jit
+def _window_codes(word, z, BITS: tl.constexpr):
+    """``[BLOCK, codes per word]``: ``(q_c - z) * 2**pos_c`` for every code ``c`` of each thread's word.
+    ``(rotl(word) & mask) | 2**23`` is the float ``2**23 + q * 2**pos``; subtracting ``z * 2**pos + 2**23`` (one
+    FFMA per group and position) leaves ``(q - z) * 2**pos`` in one FADD, exactly whenever ``z * 2**pos`` is a
+    whole number: every float16 zero with |z| >= 2**-5 (pos >= 15), however far tuning moved it from the code
+    range, since the operands' low bits are then zero; smaller zeros are off by < 2**-16. A
+    code costs a LOP3 and an FADD: no int-to-float conversion (a quarter-rate instruction), no separate
+    subtraction of the zero."""
+    CPW: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    c = tl.arange(0, CPW)
+    pos, rot = _window_layout(c, BITS)
+    rot_u = rot.to(tl.uint32)[None, :]
+    rotated = (word[:, None] << rot_u) | (word[:, None] >> ((32 - rot_u) % 32))
+    f = ((rotated & (MASK << pos).to(tl.uint32)[None, :]) | 0x4B000000).to(tl.float32, bitcast=True)
+    return f - (z[:, None] * (1 << pos).to(tl.float32)[None, :] + 8388608.0)
+
+
+@triton.jit
+def _window_scale(BITS: tl.constexpr):
+    """``[codes per word]``: ``2**-pos_c``, undoing ``_window_codes``' scaling once per group."""
+    pos, _ = _window_layout(tl.arange(0, 32 // BITS), BITS)
+    return 1.0 / (1 << pos).to(tl.float32)
+
+
+@triton.jit
+def _x_group_word(x_row, col, wj: tl.constexpr, gmask, G: tl.constexpr, BITS: tl.constexpr):
+    """``[BLOCK, codes per word]`` float32 x values facing word ``wj`` of each group (contiguous: one vector load
+    per thread). bf16 x is read as 32-bit pairs and widened with integer ops (low half shifted up, high half
+    masked): one instruction per value instead of two."""
+    CPW: tl.constexpr = 32 // BITS
+    base = col * G + wj * CPW
+    if x_row.dtype.element_ty == tl.bfloat16:
+        pj = tl.arange(0, CPW // 2)
+        pairs = tl.load(x_row.to(tl.pointer_type(tl.uint32)) + (base // 2)[:, None] + pj[None, :],
+                        mask=gmask[:, None], other=0)
+        x_lo = (pairs << 16).to(tl.float32, bitcast=True)
+        x_hi = (pairs & 0xFFFF0000).to(tl.float32, bitcast=True)
+        return tl.reshape(tl.join(x_lo, x_hi), (col.shape[0], CPW))
+    else:
+        ci = tl.arange(0, CPW)
+        return tl.load(x_row + base[:, None] + ci[None, :], mask=gmask[:, None], other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _task_gemv_kernel(
     x_ptr, words_ptr, col_ptr, rowptr_ptr, scale_ptr, zero_ptr, task_row_ptr, y_ptr,
-    NNZ, M, stride_xm, stride_ym,
-    G: tl.constexpr, BITS: tl.constexpr, CHUNK: tl.constexpr, ITERS: tl.constexpr, BLOCK_M: tl.constexpr,
+    NNZ, M, stride_xm, stride_ym, TASK,
+    G: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """Task-centric decode GEMV: program ``t`` owns stored groups ``[t*CHUNK*ITERS, (t+1)*CHUNK*ITERS)`` whatever
-    rows they belong to, so every program reads the same number of bytes however uneven the rows are; it walks
-    them ``CHUNK`` at a time. Codes and x are handled as ``[CHUNK, words per group, codes per word]`` tiles (each
-    thread holds a word's codes and the matching contiguous x values: vector loads, no reshapes); the decoded
-    tile serves ``BLOCK_M`` input rows. Per-row sums use the step's running sum: a row's first group in the step
-    subtracts the sum before it, its last group adds the sum through it (two fp32 atomics per row touched; ``y``
-    starts at zero)."""
+    """Task-centric decode GEMV: program ``t`` owns stored groups ``[t*TASK, (t+1)*TASK)`` whatever rows they
+    belong to, so every program reads the same number of bytes however uneven the rows are. It walks the rows
+    its groups touch (``task_row_ptr`` has the first and last) and each row's share ``BLOCK`` groups at a time,
+    one group per thread; a row's sum leaves as one fp32 atomic (``y`` starts at zero), so nothing per group
+    has to find its row. Each group is read a 32-bit word at a time next to the matching contiguous x values;
+    a decoded word serves ``BLOCK_M`` <= 4 input rows. The kernel is instruction-bound (ncu: 76% issue
+    utilisation on 28672x8192), hence the few-instruction decode in ``_window_codes``."""
     WPG: tl.constexpr = G * BITS // 32  # 32-bit words per group
     CPW: tl.constexpr = 32 // BITS  # codes per word
-    MASK: tl.constexpr = (1 << BITS) - 1
     pid_t = tl.program_id(0)
     pid_m = tl.program_id(1)
-    wi = tl.arange(0, WPG)
-    ci = tl.arange(0, CPW)
-    for it in range(ITERS):
-        base = (pid_t * ITERS + it) * CHUNK
-        gidx = base + tl.arange(0, CHUNK)
-        gmask = gidx < NNZ
-        gidx64 = gidx.to(tl.int64)
-        rows = _task_group_rows(rowptr_ptr, task_row_ptr, pid_t, gidx, gmask, CHUNK)
-        col = tl.load(col_ptr + gidx64, mask=gmask, other=0).to(tl.int32)
-        s = tl.load(scale_ptr + gidx64, mask=gmask, other=0.0).to(tl.float32)
-        z = tl.load(zero_ptr + gidx64, mask=gmask, other=0.0).to(tl.float32)
-        word = tl.load(words_ptr + gidx64[:, None] * WPG + wi[None, :], mask=gmask[:, None], other=0)
-        q = ((word[:, :, None] >> (ci * BITS)[None, None, :]) & MASK).to(tl.float32)  # [CHUNK, WPG, CPW]
-        xk = col[:, None, None] * G + (wi * CPW)[None, :, None] + ci[None, None, :]
-        first = gmask & ((gidx == tl.load(rowptr_ptr + rows, mask=gmask, other=0)) | (gidx == base))
-        last = gmask & ((gidx + 1 == tl.load(rowptr_ptr + rows + 1, mask=gmask, other=0))
-                        | (gidx == base + CHUNK - 1))
-        for i in tl.static_range(BLOCK_M):
-            m = pid_m * BLOCK_M + i
-            if m < M:
-                xv = tl.load(x_ptr + m.to(tl.int64) * stride_xm + xk, mask=gmask[:, None, None], other=0.0)
-                xv = xv.to(tl.float32)
-                part = s * (tl.sum(tl.sum(q * xv, axis=2), axis=1) - z * tl.sum(tl.sum(xv, axis=2), axis=1))
-                run = tl.cumsum(part, axis=0)
-                y_row = y_ptr + m.to(tl.int64) * stride_ym + rows
-                tl.atomic_add(y_row, part - run, mask=first & (run != part), sem="relaxed")
-                tl.atomic_add(y_row, run, mask=last, sem="relaxed")
+    unscale = _window_scale(BITS)[None, :]
+    task_lo = pid_t.to(tl.int64) * TASK
+    task_hi = tl.minimum(task_lo + TASK, NNZ)
+    row_first = tl.load(task_row_ptr + pid_t)
+    row_last = tl.load(task_row_ptr + pid_t + 1)
+    m0 = pid_m * BLOCK_M
+    # rows past M read row M-1 (in bounds, no mask needed); their sums are not stored
+    x0 = x_ptr + m0.to(tl.int64) * stride_xm
+    x1 = x_ptr + tl.minimum(m0 + 1, M - 1).to(tl.int64) * stride_xm
+    x2 = x_ptr + tl.minimum(m0 + 2, M - 1).to(tl.int64) * stride_xm
+    x3 = x_ptr + tl.minimum(m0 + 3, M - 1).to(tl.int64) * stride_xm
+    offs = tl.arange(0, BLOCK)
+    for r in range(row_first, row_last + 1):
+        lo = tl.maximum(task_lo, tl.load(rowptr_ptr + r))
+        hi = tl.minimum(task_hi, tl.load(rowptr_ptr + r + 1))
+        acc0 = tl.zeros([BLOCK], dtype=tl.float32)
+        acc1 = tl.zeros([BLOCK], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK], dtype=tl.float32)
+        acc3 = tl.zeros([BLOCK], dtype=tl.float32)
+        for j in range(lo, hi, BLOCK):
+            gidx = j + offs
+            gmask = gidx < hi
+            gidx64 = gidx.to(tl.int64)
+            col = tl.load(col_ptr + gidx64, mask=gmask, other=0).to(tl.int32)
+            s = tl.load(scale_ptr + gidx64, mask=gmask, other=0.0).to(tl.float32)
+            z = tl.load(zero_ptr + gidx64, mask=gmask, other=0.0).to(tl.float32)
+            d0 = tl.zeros([BLOCK, CPW], dtype=tl.float32)
+            d1 = tl.zeros([BLOCK, CPW], dtype=tl.float32)
+            d2 = tl.zeros([BLOCK, CPW], dtype=tl.float32)
+            d3 = tl.zeros([BLOCK, CPW], dtype=tl.float32)
+            for wj in tl.static_range(WPG):
+                word = tl.load(words_ptr + gidx64 * WPG + wj, mask=gmask, other=0).to(tl.uint32, bitcast=True)
+                wq = _window_codes(word, z, BITS)
+                d0 += wq * _x_group_word(x0, col, wj, gmask, G, BITS)
+                if BLOCK_M > 1:
+                    d1 += wq * _x_group_word(x1, col, wj, gmask, G, BITS)
+                if BLOCK_M > 2:
+                    d2 += wq * _x_group_word(x2, col, wj, gmask, G, BITS)
+                    d3 += wq * _x_group_word(x3, col, wj, gmask, G, BITS)
+            acc0 += s * tl.sum(d0 * unscale, axis=1)
+            if BLOCK_M > 1:
+                acc1 += s * tl.sum(d1 * unscale, axis=1)
+            if BLOCK_M > 2:
+                acc2 += s * tl.sum(d2 * unscale, axis=1)
+                acc3 += s * tl.sum(d3 * unscale, axis=1)
+        if hi > lo:
+            y_r = y_ptr + m0.to(tl.int64) * stride_ym + r
+            tl.atomic_add(y_r, tl.sum(acc0, axis=0), sem="relaxed")
+            if BLOCK_M > 1:
+                if m0 + 1 < M:
+                    tl.atomic_add(y_r + stride_ym, tl.sum(acc1, axis=0), sem="relaxed")
+            if BLOCK_M > 2:
+                if m0 + 2 < M:
+                    tl.atomic_add(y_r + 2 * stride_ym, tl.sum(acc2, axis=0), sem="relaxed")
+                if m0 + 3 < M:
+                    tl.atomic_add(y_r + 3 * stride_ym, tl.sum(acc3, axis=0), sem="relaxed")
 
 
 @triton.jit
@@ -363,29 +449,49 @@ def task_rows(w: GQSAWeight, chunk: int) -> torch.Tensor:
     return _TASK_ROWS[key]
 
 
-def task_gemv_config(n: int, k: int, g: int, bits: int) -> dict:
-    """Stored groups per step (1 KB of codes), steps per program and warps: the best of the H200 sweep on all
-    five shapes (benchmarks/results/gqsa_sparse-NVIDIA_H200.json, commit f54fb69: CHUNK 128 with 4 warps at W4 g16)."""
-    return dict(CHUNK=max(8, 8192 // (g * bits)), ITERS=1, num_warps=4)
+@functools.cache
+def _sm_count(device_index: int | None) -> int:
+    return torch.cuda.get_device_properties(device_index or 0).multi_processor_count
+
+
+# 2-warp programs of <= 32 registers: 32 fit on an SM at once (its 64-warp limit)
+TASK_PROGRAMS_PER_SM = 32
+
+
+def task_gemv_config(w: GQSAWeight) -> dict:
+    """Groups per program (``TASK``), groups per step (``BLOCK``, one per thread) and warps for the task GEMV.
+
+    About two programs per resident slot, 256 to 1024 groups each: on the H200 (28672x8192 and 8192x28672, W4S50
+    g16, M=1) tasks sized for one wave were 9% slower than half that size, and 1024-group tasks on 4096x4096 leave
+    SMs idle (0.025 vs 0.012 ms with 256)."""
+    sms = _sm_count(w.device.index) if w.device.type == "cuda" else 132
+    task = triton.cdiv(w.nnz_groups, 2 * sms * TASK_PROGRAMS_PER_SM)
+    return dict(TASK=min(1024, max(256, task)), BLOCK=64, num_warps=2)
 
 
 def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,
                    config: dict | None = None) -> torch.Tensor:
-    """``x [M, K] @ W.T (+ bias) -> [M, N]`` for small M with task-centric partitioning (any sparsity)."""
+    """``x [M, K] @ W.T (+ bias) -> [M, N]`` for small M with task-centric partitioning (any sparsity).
+
+    ``config``: ``TASK``, ``BLOCK``, ``num_warps`` (default ``task_gemv_config``) and optionally ``BLOCK_M``
+    (input rows per program: 1, 2 or 4)."""
     m = x.shape[0]
     if (w.group_size * w.bits) % 32:
         raise ValueError(f"task GEMV needs whole 32-bit words per group (g={w.group_size}, bits={w.bits})")
-    cfg = {"ITERS": 1, **(config or task_gemv_config(w.out_features, w.in_features, w.group_size, w.bits))}
-    chunk, iters = cfg.pop("CHUNK"), cfg.pop("ITERS")
+    cfg = dict(config or task_gemv_config(w))
+    task = cfg.pop("TASK")
+    block_m = cfg.pop("BLOCK_M", min(triton.next_power_of_2(m), 4))
+    if block_m not in (1, 2, 4):
+        raise ValueError(f"BLOCK_M={block_m}: the task GEMV takes 1, 2 or 4 input rows per program")
+    if x.dtype == torch.bfloat16 and x.stride(0) % 2:
+        x = x.contiguous()  # bf16 x is read as 32-bit pairs
     y = torch.zeros(m, w.out_features, dtype=torch.float32, device=x.device)
     if w.nnz_groups:
-        rows = task_rows(w, chunk * iters)
-        block_m = cfg.pop("BLOCK_M", min(triton.next_power_of_2(m), 8))
+        rows = task_rows(w, task)
         grid = (rows.numel() - 1, triton.cdiv(m, block_m))
         _task_gemv_kernel[grid](
             x, _as_words(w), w.group_col, w.row_ptr, w.scale, w.zero, rows, y,
-            w.nnz_groups, m, x.stride(0), y.stride(0), G=w.group_size, BITS=w.bits, CHUNK=chunk, ITERS=iters,
-            BLOCK_M=block_m, **cfg,
+            w.nnz_groups, m, x.stride(0), y.stride(0), task, G=w.group_size, BITS=w.bits, BLOCK_M=block_m, **cfg,
         )
     if bias is not None:
         y += bias.float()

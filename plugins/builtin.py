@@ -15,4 +15,10 @@ def sparseflow_linear_methods() -> list[Feature]:
             summary="group-quantized (2/3/4/8-bit), group-sparse linear; block-sparse-row format",
             target="sparseflow.vllm_ext.gqsa:GQSAConfig",
         ),
+        Feature(
+            kind="linear_method",
+            name="sparse_nm",
+            summary="N:M sparse linear (2:4, 1:4, 2:8, 4:8, ...), bf16/fp16 values or int8/int4 with group scales",
+            target="sparseflow.vllm_ext.nm:NMConfig",
+        ),
     ]

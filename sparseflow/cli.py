@@ -41,37 +41,58 @@ def list_features() -> None:
 def compress(
     model_dir: Path = typer.Argument(..., help="Hugging Face model folder (config.json + safetensors), or 'reference'"),
     out_dir: Path = typer.Argument(..., help="where to write the compressed folder"),
-    method: str = typer.Option("gqsa", help="linear method (see `sparseflow list`)"),
-    bits: int = typer.Option(4, help="code width (2, 3, 4, 8)"),
-    group_size: int = typer.Option(16, help="inputs per group (8, 16, 32, 64, 128)"),
-    sparsity: float = typer.Option(0.5, help="fraction of weight groups to prune"),
-    saliency: str = typer.Option("wanda", help="group saliency: magnitude, wanda or obs"),
-    compensate: bool = typer.Option(True, help="OBS update of surviving weights after pruning"),
-    stage1: bool = typer.Option(True, help="BQPO: block-wise optimization of scales, zeros and weights"),
-    stage2: bool = typer.Option(True, help="E2E-OQP: end-to-end optimization of scales and zeros"),
-    steps: int = typer.Option(100, help="optimizer steps of each stage"),
+    method: str = typer.Option("gqsa", help="linear method: gqsa, or sparse_nm (alias nm)"),
+    bits: int = typer.Option(None, help="gqsa: code width 2, 3, 4, 8 (default 4); sparse_nm: kept values as "
+                             "16 (bf16, default), 8 (int8) or 4 (int4) bits"),
+    group_size: int = typer.Option(None, help="gqsa: inputs per group 8..128 (default 16); sparse_nm int values: "
+                                   "kept values per scale, a multiple of 8 dividing K*N/M (default 64)"),
+    sparsity: float = typer.Option(0.5, help="gqsa: fraction of weight groups to prune"),
+    saliency: str = typer.Option("wanda", help="gqsa: group saliency: magnitude, wanda or obs"),
+    compensate: bool = typer.Option(True, help="gqsa: OBS update of surviving weights after pruning"),
+    stage1: bool = typer.Option(True, help="gqsa: BQPO, block-wise optimization of scales, zeros and weights"),
+    stage2: bool = typer.Option(True, help="gqsa: E2E-OQP, end-to-end optimization of scales and zeros"),
+    steps: int = typer.Option(100, help="gqsa: optimizer steps of each stage"),
+    pattern: str = typer.Option("2:4", help="sparse_nm: N:M pattern, N kept of every M inputs (M = 4, 8, 16)"),
+    prune: str = typer.Option("magnitude", help="sparse_nm: magnitude, wanda or sparsegpt"),
+    quantizer: str = typer.Option("rtn", help="sparse_nm int values: rtn or gptq"),
     calibration: str = typer.Option("builtin-calibration", help="calibration text: 'calibration' (training-book "
                                     "excerpt, needs ../shared/data), 'builtin-calibration' (always there) or a file"),
     samples: int = typer.Option(32, help="calibration sequences"),
     seq_len: int = typer.Option(512, help="tokens per calibration sequence"),
-    rtn: bool = typer.Option(False, help="plain round-to-nearest + magnitude pruning: no data, no stages"),
+    rtn: bool = typer.Option(False, help="gqsa: plain round-to-nearest + magnitude pruning: no data, no stages"),
 ) -> None:
-    """Compress a model folder; vLLM (`--quantization gqsa` or nothing) and `sparseflow.hf_loader` load it."""
+    """Compress a model folder; vLLM (`--quantization <method>` or nothing) and `sparseflow.hf_loader` load it."""
     from sparseflow.plugins import get_registry
-
-    get_registry().get("linear_method", method)  # unknown names raise with the known ones listed
-    if method != "gqsa":
-        raise typer.BadParameter(f"compression for {method!r} is not implemented yet")
-    from sparseflow.compress import compress_gqsa
-    from sparseflow.compressors.gqsa import GQSARecipe
     from sparseflow.reference import resolve_model
 
-    recipe = None if rtn else GQSARecipe(
-        bits=bits, group_size=group_size, sparsity=sparsity, saliency=saliency, compensate=compensate,
-        stage1=stage1, stage2=stage2, stage1_steps=steps, stage2_steps=steps, samples=samples, seq_len=seq_len,
-        batch_size=min(4, samples))
-    out = compress_gqsa(resolve_model(model_dir), out_dir, bits=bits, group_size=group_size, sparsity=sparsity,
-                        recipe=recipe, calibration=calibration)
+    method = {"nm": "sparse_nm"}.get(method, method)
+    get_registry().get("linear_method", method)  # unknown names raise with the known ones listed
+    if method == "sparse_nm":
+        from sparseflow.compress import compress_nm
+        from sparseflow.compressors.nm import NMRecipe
+        from sparseflow.kernels.nm import parse_pattern
+
+        values = {16: "bf16", 8: "int8", 4: "int4"}.get(bits or 16)
+        if values is None:
+            raise typer.BadParameter(f"--bits {bits}: sparse_nm keeps values as 16, 8 or 4 bits")
+        n, m = parse_pattern(pattern)
+        recipe = NMRecipe(n=n, m=m, prune=prune, value_format=values,
+                          group_size=0 if values == "bf16" else (group_size or 64), quantizer=quantizer,
+                          samples=samples, seq_len=seq_len, batch_size=min(4, samples))
+        out = compress_nm(resolve_model(model_dir), out_dir, recipe, calibration=calibration)
+    elif method == "gqsa":
+        from sparseflow.compress import compress_gqsa
+        from sparseflow.compressors.gqsa import GQSARecipe
+
+        bits, group_size = bits or 4, group_size or 16
+        recipe = None if rtn else GQSARecipe(
+            bits=bits, group_size=group_size, sparsity=sparsity, saliency=saliency, compensate=compensate,
+            stage1=stage1, stage2=stage2, stage1_steps=steps, stage2_steps=steps, samples=samples, seq_len=seq_len,
+            batch_size=min(4, samples))
+        out = compress_gqsa(resolve_model(model_dir), out_dir, bits=bits, group_size=group_size, sparsity=sparsity,
+                            recipe=recipe, calibration=calibration)
+    else:
+        raise typer.BadParameter(f"compression for {method!r} is not implemented")
     console.print(f"wrote {out}")
 
 

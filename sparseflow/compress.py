@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -12,6 +13,7 @@ from sparseflow.kernels.gqsa import GQSACheckpointConfig
 
 if TYPE_CHECKING:
     from sparseflow.compressors.gqsa import GQSARecipe
+    from sparseflow.compressors.nm import NMRecipe
 
 
 def compress_gqsa(model_dir: str | Path, out_dir: str | Path, *, bits: int = 4, group_size: int = 16,
@@ -29,12 +31,35 @@ def compress_gqsa(model_dir: str | Path, out_dir: str | Path, *, bits: int = 4, 
     if recipe is None:
         recipe = GQSARecipe(bits=bits, group_size=group_size, sparsity=sparsity, saliency="magnitude",
                             compensate=False, stage1=False, stage2=False)
+    qcfg = GQSACheckpointConfig(bits=recipe.bits, group_size=recipe.group_size, sparsity=recipe.sparsity,
+                                ignore=tuple(ignore), recipe={**recipe.to_dict(), "calibration": calibration})
+    model, ids = _prepare(model_dir, recipe, calibration, device)
+    weights, _ = compress_model(model, ids, recipe, is_target=qcfg.is_quantized, progress=progress)
+    return _write(model_dir, out_dir, weights, qcfg.to_dict())
+
+
+def compress_nm(model_dir: str | Path, out_dir: str | Path, recipe: NMRecipe, *,
+                ignore: tuple[str, ...] = ("lm_head",), calibration: str = "builtin-calibration",
+                device: str | None = None, progress: bool = True) -> Path:
+    """Compress every linear layer not in ``ignore`` to N:M sparse (``sparseflow.compressors.nm.NMRecipe``:
+    pattern, pruning, kept-value format) and write a folder vLLM (``quant_method = "sparse_nm"``) and transformers
+    load. Magnitude pruning with float or RTN values needs no data; Wanda, SparseGPT and GPTQ calibrate on the
+    named text or file ``calibration``."""
+    from sparseflow.compressors.nm import compress_model
+    from sparseflow.kernels.nm import NMCheckpointConfig
+
+    qcfg = NMCheckpointConfig(n=recipe.n, m=recipe.m, value_format=recipe.value_format, group_size=recipe.group_size,
+                              ignore=tuple(ignore), recipe={**recipe.to_dict(), "calibration": calibration})
+    model, ids = _prepare(model_dir, recipe, calibration, device)
+    weights = compress_model(model, ids, recipe, is_target=qcfg.is_quantized, progress=progress)
+    return _write(model_dir, out_dir, weights, qcfg.to_dict())
+
+
+def _prepare(model_dir: str | Path, recipe: Any, calibration: str, device: str | None):
+    """The dense model on ``device`` and, if the recipe calibrates, its calibration token ids."""
     config = read_config(model_dir)
     if "quantization_config" in config:
         raise ValueError(f"{model_dir} is already quantized ({config['quantization_config'].get('quant_method')})")
-    qcfg = GQSACheckpointConfig(bits=recipe.bits, group_size=recipe.group_size, sparsity=recipe.sparsity,
-                                ignore=tuple(ignore), recipe={**recipe.to_dict(), "calibration": calibration})
-    state = load_state_dict(model_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = _load_dense(model_dir, device)
     ids = None
@@ -45,14 +70,20 @@ def compress_gqsa(model_dir: str | Path, out_dir: str | Path, *, bits: int = 4, 
 
         ids = calibration_ids(load_tokenizer(model_dir), load_text(calibration), recipe.samples, recipe.seq_len,
                               recipe.seed)
-    weights, _ = compress_model(model, ids, recipe, is_target=qcfg.is_quantized, progress=progress)
+    return model, ids
+
+
+def _write(model_dir: str | Path, out_dir: str | Path, weights: Mapping[str, Any], qdict: dict) -> Path:
+    """The source checkpoint with each compressed module's ``weight`` replaced by its format tensors."""
+    state = load_state_dict(model_dir)
+    config = read_config(model_dir)
     for name, w in weights.items():
         if f"{name}.weight" not in state:
             raise ValueError(f"{model_dir}: the model has {name} but the checkpoint holds no {name}.weight")
         del state[f"{name}.weight"]
         for tensor_name, tensor in w.to("cpu").tensors().items():
             state[f"{name}.{tensor_name}"] = tensor
-    config["quantization_config"] = qcfg.to_dict()
+    config["quantization_config"] = qdict
     return save_folder(out_dir, state, config, source_dir=model_dir)
 
 

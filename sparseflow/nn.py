@@ -6,6 +6,8 @@ import torch
 
 from sparseflow.kernels.gqsa import TENSOR_NAMES, GQSAWeight, dequantize, gqsa_linear
 from sparseflow.kernels.gqsa.format import TENSOR_DTYPES
+from sparseflow.kernels.nm import NMWeight, nm_linear
+from sparseflow.kernels.nm import expand as nm_expand
 
 
 class GQSALinear(torch.nn.Module):
@@ -53,3 +55,36 @@ class GQSALinear(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
                 f"group_size={self.group_size}, bias={self.bias is not None}")
+
+
+class NMLinear(torch.nn.Module):
+    """Drop-in for ``nn.Linear`` whose weight is an ``NMWeight`` (N:M sparse; tensors kept as buffers).
+    ``forward``: ``[..., in_features] -> [..., out_features]``."""
+
+    def __init__(self, w: NMWeight, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = w.in_features, w.out_features
+        self.n, self.m, self.value_format, self.group_size = w.n, w.m, w.value_format, w.group_size
+        for name, tensor in w.tensors().items():
+            self.register_buffer(name, tensor)
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_weight(cls, w: NMWeight, bias: torch.Tensor | None = None) -> NMLinear:
+        return cls(w, bias)
+
+    def weight_format(self) -> NMWeight:
+        return NMWeight(self.values, self.indices, getattr(self, "scales", None), self.in_features, self.n, self.m,
+                        self.value_format, self.group_size)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return nm_expand(self.weight_format(), dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return nm_linear(x, self.weight_format(), bias)
+
+    def extra_repr(self) -> str:
+        fmt = self.value_format + (f" g{self.group_size}" if self.group_size else "")
+        return (f"in_features={self.in_features}, out_features={self.out_features}, pattern={self.n}:{self.m}, "
+                f"values={fmt}, bias={self.bias is not None}")

@@ -56,7 +56,7 @@ def test_builtin_name_cannot_be_taken_by_a_plugin():
 
 def test_unknown_name_lists_known_ones():
     registry = build_registry(make_manager(load_entry_points=False))
-    with pytest.raises(UnknownFeatureError, match=r"no linear_method named 'gqsaa'; known: gqsa"):
+    with pytest.raises(UnknownFeatureError, match=r"no linear_method named 'gqsaa'; known: gqsa, sparse_nm"):
         registry.get("linear_method", "gqsaa")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .._log import info_once
+from ..packing import pack_codes, unpack_codes
 from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -19,8 +20,6 @@ from .format import (
     GQSACheckpointConfig,
     GQSAWeight,
     from_dense_groups,
-    pack_codes,
-    unpack_codes,
 )
 from .quantize import quantize_rtn
 from .reference import dequantize_reference, gqsa_linear_reference

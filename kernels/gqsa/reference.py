@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .format import GQSAWeight, unpack_codes
+from ..packing import unpack_codes
+from .format import GQSAWeight
 
 
 def dequantize_reference(w: GQSAWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -1,0 +1,87 @@
+"""N:M sparse linear layers, with bf16/fp16 kept values or int8/int4 codes and group scales (``format.py``).
+
+Public entry point: ``nm_linear(x, w, bias)``. On CUDA it runs Triton: a GEMV that reads the compressed weight
+for small batches, and expand + cuBLAS for larger ones. Elsewhere it runs the torch reference and says so once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._log import info_once
+from .format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    SUPPORTED_M,
+    VALUE_FORMATS,
+    NMCheckpointConfig,
+    NMWeight,
+    from_dense,
+    parse_pattern,
+    tensor_names,
+)
+from .reference import expand_reference, nm_linear_reference
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "GEMV_MAX_M",
+    "SUPPORTED_M",
+    "VALUE_FORMATS",
+    "NMCheckpointConfig",
+    "NMWeight",
+    "expand",
+    "expand_reference",
+    "from_dense",
+    "nm_linear",
+    "nm_linear_reference",
+    "parse_pattern",
+    "tensor_names",
+]
+
+# Input rows up to which the GEMV reads the compressed weight; above, the weight is expanded for cuBLAS.
+# Not yet measured on the H200 (the N:M issue's benchmark will set it).
+GEMV_MAX_M = 4
+ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def expand(w: NMWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Dense ``[N, K]`` weight; Triton on CUDA, the reference elsewhere."""
+    if w.device.type == "cuda":
+        from .triton_kernels import nm_expand
+
+        return nm_expand(w, dtype)
+    return expand_reference(w, dtype)
+
+
+def nm_linear(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``y = x @ W.T + bias`` for an N:M weight.
+
+    Args:
+        x: ``[..., K]`` activations, float16 / bfloat16 / float32, on ``w``'s device.
+        w: ``NMWeight`` with ``in_features == K``.
+        bias: optional ``[N]``.
+    Returns:
+        ``[..., N]`` in ``x.dtype``.
+    """
+    if x.shape[-1] != w.in_features:
+        raise ValueError(f"x has {x.shape[-1]} features in its last dimension; the weight expects {w.in_features}")
+    if x.dtype not in ACT_DTYPES:
+        raise ValueError(f"x.dtype={x.dtype} is not supported; use one of {ACT_DTYPES}")
+    if x.device != w.device:
+        raise ValueError(f"x is on {x.device} but the weight is on {w.device}")
+    if bias is not None and tuple(bias.shape) != (w.out_features,):
+        raise ValueError(f"bias has shape {tuple(bias.shape)}; expected ({w.out_features},)")
+    if x.device.type != "cuda":
+        info_once(f"sparse_nm: input on {x.device.type}, not CUDA; using the torch reference (expand + matmul)")
+        return nm_linear_reference(x, w, bias)
+    from .triton_kernels import nm_expand, nm_gemv
+
+    x2 = x.reshape(-1, w.in_features)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    if x2.shape[0] <= GEMV_MAX_M:
+        y = nm_gemv(x2, w, bias)
+    else:
+        y = torch.nn.functional.linear(x2, nm_expand(w, x.dtype), bias)
+    return y.reshape(*x.shape[:-1], w.out_features)

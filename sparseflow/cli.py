@@ -97,6 +97,17 @@ def compress(
 
 
 @app.command()
+def convert(
+    src: Path = typer.Argument(..., help="a compressed-tensors 2:4 model folder (sparsity format sparse-24-bitmask)"),
+    dst: Path = typer.Argument(..., help="where to write the sparse_nm folder"),
+) -> None:
+    """Convert another tool's 2:4 checkpoint to sparse_nm, which vLLM serves with the sparseflow plugin."""
+    from sparseflow.convert import convert_compressed_tensors_24
+
+    console.print(f"wrote {convert_compressed_tensors_24(src, dst)}")
+
+
+@app.command()
 def smoke(
     prompt_tokens: str = typer.Option("1,2,3,4,5", help="comma-separated prompt token ids"),
     max_tokens: int = typer.Option(8),

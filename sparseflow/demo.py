@@ -53,10 +53,25 @@ def _gqsa_calibrated(bits: int, group_size: int, sparsity: float) -> DemoMethod:
     return DemoMethod(f"gqsa w{bits}s{round(sparsity * 100)}g{group_size}", run)
 
 
+def _nm(n: int, m: int, prune: str, values: str = "bf16", group_size: int = 0, quantizer: str = "rtn") -> DemoMethod:
+    def run(model_dir: Path, out_dir: Path, calibration_text: str) -> Path:
+        from sparseflow.compress import compress_nm
+        from sparseflow.compressors.nm import NMRecipe
+
+        recipe = NMRecipe(n=n, m=m, prune=prune, value_format=values, group_size=group_size, quantizer=quantizer,
+                          samples=DEMO_CALIBRATION["samples"], seq_len=DEMO_CALIBRATION["seq_len"],
+                          batch_size=DEMO_CALIBRATION["batch_size"])
+        return compress_nm(model_dir, out_dir, recipe, calibration=calibration_text)
+
+    label = values + (f"g{group_size} {quantizer}" if group_size else "")
+    return DemoMethod(f"nm {n}:{m} {label} {prune}", run)
+
+
 def available_methods() -> list[DemoMethod]:
     """What the demo compares: the dense model and every compression method implemented so far."""
     return [DemoMethod("dense bf16", None), _gqsa_rtn(8, 16), _gqsa_rtn(4, 16), _gqsa_calibrated(4, 16, 0.2),
-            _gqsa_calibrated(4, 16, 0.5), _gqsa_rtn(2, 16)]
+            _gqsa_calibrated(4, 16, 0.5), _gqsa_rtn(2, 16), _nm(2, 4, "sparsegpt"),
+            _nm(2, 4, "sparsegpt", "int4", 64, "gptq")]
 
 
 @dataclass
@@ -72,11 +87,11 @@ class DemoRow:
 
 def linear_bits_per_weight(model) -> float:
     """Stored bits per weight over the model's linear layers, lm_head excluded (it is never compressed)."""
-    from sparseflow.nn import GQSALinear
+    from sparseflow.nn import GQSALinear, NMLinear
 
     bits = weights = 0
     for name, m in model.named_modules():
-        if isinstance(m, GQSALinear):
+        if isinstance(m, (GQSALinear, NMLinear)):
             bits += 8 * m.weight_format().storage_bytes()
             weights += m.in_features * m.out_features
         elif isinstance(m, torch.nn.Linear) and not name.endswith("lm_head"):

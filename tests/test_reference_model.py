@@ -151,6 +151,7 @@ def test_demo_prints_the_table(tmp_path):
     result = json.loads((tmp_path / "demo.json").read_text())
     methods = [r["method"] for r in result["rows"]]
     assert methods[0] == "dense bf16" and len(methods) >= 3
+    assert any(m.startswith("gqsa") for m in methods) and any(m.startswith("nm 2:4") for m in methods)
     assert result["served"]["method"] in methods[1:] and result["served"]["continuation"].strip()
     for m in methods:
         assert m in proc.stdout

@@ -1,0 +1,79 @@
+"""N:M sparse linear (2:4 bf16 and 2:4 + int4) against dense bf16, torch's semi-structured 2:4 (cuSPARSELt /
+CUTLASS) and int4 tinygemm, with GQSA W4S50 g16 beside them: the GQSA issue's shapes and batches, CUDA-graph
+timed, weights rotating through copies so each call reads HBM."""
+
+from __future__ import annotations
+
+from .gqsa_linear import _copies, _tinygemm
+from .harness import Row, over_shapes, register, time_graph_ms
+
+SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
+BATCHES = [1, 4, 16, 256, 2048]
+
+
+def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
+    import torch
+    import torch.nn.functional as F
+    from sparseflow.kernels.gqsa import gqsa_linear, prepare_for_kernels, quantize_rtn
+    from sparseflow.kernels.nm import from_dense, nm_linear, nm_linear_reference
+    from sparseflow.kernels.testing import rel_error
+
+    from sparseflow.compressors.baselines import nm_prune
+
+    dev = torch.device("cuda")
+    dense = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
+    dense_pool = [dense.clone() for _ in range(_copies(2 * n * k))]
+    pruned = nm_prune(dense.float(), 2, 4).to(torch.bfloat16)
+    formats = {"nm 2:4 bf16": from_dense(pruned, 2, 4, "bf16"),
+               "nm 2:4 int4 g128": from_dense(pruned, 2, 4, "int4", 128)}
+    pools = {name: [w] + [w.clone() for _ in range(_copies(w.storage_bytes()) - 1)] for name, w in formats.items()}
+    try:
+        from torch.sparse import to_sparse_semi_structured
+
+        semi = [to_sparse_semi_structured(pruned.clone()) for _ in range(_copies(n * k + n * k // 8))]
+        semi_note = ""
+    except Exception as err:  # the backend refuses some shapes / builds
+        semi, semi_note = None, f"unavailable: {str(err).splitlines()[0][:60]}"
+    keep = torch.rand(n, k // 16, device=dev) >= 0.5
+    gq = quantize_rtn(dense, bits=4, group_size=16, keep=keep)
+    gq_pool = [gq] + [gq.clone() for _ in range(_copies(gq.storage_bytes()) - 1)]
+    for p in gq_pool:
+        prepare_for_kernels(p)
+    packed, scales_zeros = _tinygemm(dense)
+    tg_pool = [(packed.clone(), scales_zeros.clone()) for _ in range(_copies(n * k // 2))]
+    rows: list[Row] = []
+    for m in batches:
+        case = f"N={n} K={k} M={m}"
+        x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+        io = 2 * m * k + 2 * m * n
+        flops = 2.0 * m * n * k
+        rows.append(Row(case, "dense bf16", time_graph_ms([lambda d=d: F.linear(x, d) for d in dense_pool]),
+                        2 * n * k + io, flops))
+        rows.append(Row(case, "torch int4 g128", time_graph_ms(
+            [lambda p=p, sz=sz: torch.ops.aten._weight_int4pack_mm(x, p, 128, sz) for p, sz in tg_pool]),
+            n * k // 2 + (k // 128) * n * 4 + io, flops))
+        if semi is not None:
+            try:
+                ms = time_graph_ms([lambda s=s: F.linear(x, s) for s in semi])
+                rows.append(Row(case, "torch semi-structured 2:4", ms, n * k + n * k // 8 + io, flops))
+            except Exception as err:
+                rows.append(Row(case, "torch semi-structured 2:4", None, 0, flops,
+                                note=f"unavailable: {str(err).splitlines()[0][:60]}"))
+        else:
+            rows.append(Row(case, "torch semi-structured 2:4", None, 0, flops, note=semi_note))
+        for name, pool in pools.items():
+            w = pool[0]
+            err = rel_error(nm_linear(x, w).float(), nm_linear_reference(x.float(), w))
+            ms = time_graph_ms([lambda p=p: nm_linear(x, p) for p in pool])
+            rows.append(Row(case, name, ms, w.storage_bytes() + io, flops, note=f"err {err:.1e}",
+                            extra={"rel_err_vs_reference": err, "bits_per_weight": w.bits_per_weight()}))
+        ms = time_graph_ms([lambda p=p: gqsa_linear(x, p) for p in gq_pool])
+        rows.append(Row(case, "gqsa w4s50g16", ms, gq.storage_bytes() + io, flops))
+    return rows
+
+
+@register("nm_sparse")
+def run(quick: bool = False) -> list[Row]:
+    """The N:M issue's benchmark: 2:4 bf16 and 2:4+int4 vs dense, torch 2:4 and int4, GQSA beside them."""
+    batches = [1, 16] if quick else BATCHES
+    return over_shapes("nm_sparse", SHAPES[:2] if quick else SHAPES, lambda n, k: _bench_shape(n, k, batches))

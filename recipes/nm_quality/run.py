@@ -1,5 +1,5 @@
 """N:M sparsity on the reference model: one-shot pruning (magnitude, Wanda, SparseGPT) at 2:4, 4:8 and 1:4, each
-with bf16 values and with GPTQ int4 (g64), then sparse fine-tuning (SR-STE, MdGf, SdGf) at 2:4 and 1:4 with one
+with bf16 values and with GPTQ int4 (g32), then sparse fine-tuning (SR-STE, MdGf, SdGf) at 2:4 and 1:4 with one
 step budget. Held-out perplexity for everything.
 
     python recipes/nm_quality/run.py --data .gpu_carry/reference_lm [--out recipes/nm_quality]
@@ -42,7 +42,7 @@ def load_dense(device: str):
 
 
 def one_shot(device: str, ids: torch.Tensor, n: int, m: int, prune: str, int4: bool):
-    recipe = NMRecipe(n=n, m=m, prune=prune, value_format="int4" if int4 else "bf16", group_size=64 if int4 else 0,
+    recipe = NMRecipe(n=n, m=m, prune=prune, value_format="int4" if int4 else "bf16", group_size=32 if int4 else 0,
                       quantizer="gptq" if int4 else "rtn")
     model = load_dense(device)
     weights = compress_model(model, ids, recipe, progress=False)
@@ -108,7 +108,7 @@ def main() -> None:
         for n, m, prune, int4 in tqdm(jobs, desc="one-shot", unit="model"):
             t0 = time.perf_counter()
             model, bits = one_shot(device, ids, n, m, prune, int4)
-            score(model, f"{n}:{m} {prune}" + (" + int4 GPTQ g64" if int4 else " (bf16)"), bits, "one-shot", t0)
+            score(model, f"{n}:{m} {prune}" + (" + int4 GPTQ g32" if int4 else " (bf16)"), bits, "one-shot", t0)
     tokens = np.load(args.data / "train.npy", mmap_mode="r")
     for (n, m) in FINETUNE:
         for method in TRAINING:

@@ -79,15 +79,23 @@ def _nm_gemv_kernel(
 def _nm_expand_kernel(
     values_ptr, indices_ptr, scales_ptr, out_ptr, N, K, KEPT, IDX_BYTES,
     N_KEEP: tl.constexpr, M_BLOCK: tl.constexpr, IB: tl.constexpr, KIND: tl.constexpr, GROUP: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
-    """Kept values -> their columns of a zero-filled dense ``[N, K]``."""
+    """Dense ``[N, K]`` from ``[BLOCK_N rows, BLOCK_B blocks, M]`` tiles: each block's ``M`` outputs are built in
+    registers from its ``N`` kept values (zeros elsewhere) and stored contiguously, so every element is written
+    once, in order (no zero fill, no scattered stores)."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    j = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask = (rows < N)[:, None] & (j < KEPT)[None, :]
-    v, cols = _kept_tile(values_ptr, indices_ptr, scales_ptr, rows, j, mask, KEPT, IDX_BYTES, N_KEEP, M_BLOCK, IB,
-                         KIND, GROUP)
-    tl.store(out_ptr + rows.to(tl.int64)[:, None] * K + cols, v.to(out_ptr.dtype.element_ty), mask=mask)
+    blocks = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask = (rows < N)[:, None] & (blocks < K // M_BLOCK)[None, :]
+    c = tl.arange(0, M_BLOCK)
+    tile = tl.zeros([BLOCK_N, BLOCK_B, M_BLOCK], dtype=tl.float32)
+    for t in tl.static_range(N_KEEP):
+        v, cols = _kept_tile(values_ptr, indices_ptr, scales_ptr, rows, blocks * N_KEEP + t, mask, KEPT, IDX_BYTES,
+                             N_KEEP, M_BLOCK, IB, KIND, GROUP)
+        pos = cols - (blocks * M_BLOCK)[None, :]
+        tile += tl.where(pos[:, :, None] == c[None, None, :], v[:, :, None], 0.0)
+    dst = out_ptr + rows.to(tl.int64)[:, None, None] * K + (blocks * M_BLOCK)[None, :, None] + c[None, None, :]
+    tl.store(dst, tile.to(out_ptr.dtype.element_ty), mask=mask[:, :, None])
 
 
 def _meta(w: NMWeight) -> dict:
@@ -112,9 +120,9 @@ def nm_gemv(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None, conf
 
 def nm_expand(w: NMWeight, dtype: torch.dtype, config: dict | None = None) -> torch.Tensor:
     """Dense ``[N, K]`` weight in ``dtype`` (pruned entries zero)."""
-    cfg = dict(config or {"BLOCK_N": 16, "BLOCK_P": 128, "num_warps": 4})
-    out = torch.zeros(w.out_features, w.in_features, dtype=dtype, device=w.device)
-    grid = (triton.cdiv(w.out_features, cfg["BLOCK_N"]), triton.cdiv(w.kept_per_row, cfg["BLOCK_P"]))
+    cfg = dict(config or {"BLOCK_N": 8, "BLOCK_B": max(1, 256 // w.m), "num_warps": 4})
+    out = torch.empty(w.out_features, w.in_features, dtype=dtype, device=w.device)  # every element is written
+    grid = (triton.cdiv(w.out_features, cfg["BLOCK_N"]), triton.cdiv(w.in_features // w.m, cfg["BLOCK_B"]))
     _nm_expand_kernel[grid](
         w.values, w.indices, w.scales if w.scales is not None else w.values, out, w.out_features, w.in_features,
         w.kept_per_row, w.indices.shape[1], **_meta(w), **cfg,

@@ -136,3 +136,20 @@ def test_vllm_serves_calibrated_nm_like_transformers(calibrated_reference_dir):
     assert got["greedy"] == generate_greedy_hf(model, prompts, max_tokens=12)
     hf_ppl = perplexity(calibrated_reference_dir, builtin_text(), max_tokens=2048, model=model, progress=False)
     assert abs(got["ppl"] / hf_ppl.perplexity - 1) < 5e-3, (got["ppl"], hf_ppl.perplexity)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bits", "3"], "16, 8 or 4 bits"),
+    (["--pattern", "2:5"], "M must be one of"),
+    (["--pattern", "4:4"], "0 < N < M"),
+    (["--bits", "4", "--group-size", "12"], "multiple of 8"),
+])
+def test_cli_rejects_bad_nm_options(args, message, tiny_llama_dir, tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "sparseflow.cli", "compress", str(tiny_llama_dir), str(tmp_path / "out"),
+           "--method", "nm", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and message in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "out").exists()

@@ -113,3 +113,30 @@ def test_checkpoint_config_round_trip_and_errors():
         NMCheckpointConfig.from_dict({**cfg.to_dict(), "format_version": 9})
     with pytest.raises(ValueError, match="carry no scales"):
         NMCheckpointConfig(value_format="bf16", group_size=128)
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+@pytest.mark.parametrize("values, group", [("bf16", 0), ("int4", 16)])
+def test_tensor_parallel_ranks_cover_the_weight(tp, values, group):
+    """Column-parallel ranks take row slices, row-parallel ranks input slices; together they are the weight."""
+    w = from_dense(_sparse(16, 512, 2, 4, seed=4), 2, 4, values, group)
+    dense = expand_reference(w)
+    rows, cols = 16 // tp, 512 // tp
+    for rank in range(tp):
+        col_part = w.slice_rows(rank * rows, (rank + 1) * rows).validate()
+        assert torch.equal(expand_reference(col_part), dense[rank * rows:(rank + 1) * rows])
+        row_part = w.slice_inputs(rank * cols, (rank + 1) * cols).validate()
+        assert torch.equal(expand_reference(row_part), dense[:, rank * cols:(rank + 1) * cols])
+
+
+def test_merged_qkv_and_bad_cuts():
+    q, k, v = (from_dense(_sparse(r, 64, 2, 4, seed=s), 2, 4, "bf16") for r, s in ((8, 1), (4, 2), (4, 3)))
+    merged = NMWeight.concat_rows([q, k, v]).validate()
+    assert torch.equal(expand_reference(merged), torch.cat([expand_reference(x) for x in (q, k, v)]))
+    with pytest.raises(ValueError, match="differ"):
+        NMWeight.concat_rows([q, from_dense(_sparse(4, 64, 1, 4), 1, 4, "bf16")])
+    with pytest.raises(ValueError, match="multiples of 4"):
+        q.slice_inputs(0, 30)
+    int4 = from_dense(_sparse(4, 256, 2, 4), 2, 4, "int4", 32)
+    with pytest.raises(ValueError, match="multiples of 64"):  # a scale group of 32 kept values spans 64 inputs
+        int4.slice_inputs(0, 96)

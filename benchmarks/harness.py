@@ -97,7 +97,11 @@ def over_shapes(name: str, shapes: list[tuple[int, int]],
 
 
 def time_ms(fn: Callable[[], Any], *, warmup_ms: int = 25, rep_ms: int = 100) -> float:
-    """Median milliseconds of ``fn`` over CUDA events (``triton.testing.do_bench``)."""
+    """Median milliseconds of ``fn`` over CUDA events (``triton.testing.do_bench``).
+
+    It launches from Python each time: for kernels under ~50 us that measures the launch path, not the GPU
+    (``time_graph_ms`` does not). ``gqsa_linear`` and ``gqsa_tiles`` still use it and their configs
+    (``dense_gemv_config``, ``dense_groups_config``) came from such sweeps: re-run them with graphs first."""
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))

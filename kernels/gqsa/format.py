@@ -24,12 +24,12 @@ under ``<module>.<name>`` for each tensor name in ``TENSOR_NAMES``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from ..naming import is_ignored
+from ..naming import CheckpointConfigBase
 from ..packing import pack_codes
 
 FORMAT_NAME = "gqsa"
@@ -268,7 +268,7 @@ def from_dense_groups(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tens
 
 
 @dataclass(frozen=True)
-class GQSACheckpointConfig:
+class GQSACheckpointConfig(CheckpointConfigBase):
     """The ``quantization_config`` block of a GQSA checkpoint's config.json (data only, validated).
 
     Args:
@@ -280,6 +280,10 @@ class GQSACheckpointConfig:
         format_version: layout version; readers refuse versions they do not know.
         recipe: how the compressor made the file (not read by the loaders).
     """
+
+    LABEL = "GQSA"
+    FORMAT_NAME = FORMAT_NAME
+    FORMAT_VERSION = FORMAT_VERSION
 
     bits: int = 4
     group_size: int = 16
@@ -293,27 +297,4 @@ class GQSACheckpointConfig:
         check_bits_and_group_size(self.bits, self.group_size)
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity={self.sparsity} must be in [0, 1)")
-        if self.quant_method != FORMAT_NAME:
-            raise ValueError(f"quant_method={self.quant_method!r} is not {FORMAT_NAME!r}")
-        if self.format_version != FORMAT_VERSION:
-            raise ValueError(
-                f"format_version={self.format_version} is not supported by this sparseflow "
-                f"(reads version {FORMAT_VERSION}); upgrade sparseflow or re-compress the model"
-            )
-        object.__setattr__(self, "ignore", tuple(self.ignore))
-
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> GQSACheckpointConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"unknown GQSA quantization_config keys {unknown}; known: {sorted(known)}")
-        return cls(**dict(config))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ignore"] = list(self.ignore)
-        return d
-
-    def is_quantized(self, module_name: str) -> bool:
-        return not is_ignored(module_name, self.ignore)
+        self._check_header()

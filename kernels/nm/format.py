@@ -23,12 +23,12 @@ definition (``NMWeight``); a checkpoint stores ``<module>.<name>`` for each name
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from ..naming import is_ignored
+from ..naming import CheckpointConfigBase
 from ..packing import pack_codes, unpack_codes
 
 FORMAT_NAME = "sparse_nm"
@@ -294,11 +294,15 @@ def from_dense(weight: torch.Tensor, n: int, m: int, value_format: str = "bf16",
 
 
 @dataclass(frozen=True)
-class NMCheckpointConfig:
+class NMCheckpointConfig(CheckpointConfigBase):
     """The ``quantization_config`` block of an N:M checkpoint's config.json (data only, validated).
 
     ``ignore``: modules left dense, by full name or last name component. ``recipe``: how the file was made.
     """
+
+    LABEL = "N:M"
+    FORMAT_NAME = FORMAT_NAME
+    FORMAT_VERSION = FORMAT_VERSION
 
     n: int = 2
     m: int = 4
@@ -312,25 +316,4 @@ class NMCheckpointConfig:
     def __post_init__(self) -> None:
         check_pattern(self.n, self.m)
         check_values(self.value_format, self.group_size)
-        if self.quant_method != FORMAT_NAME:
-            raise ValueError(f"quant_method={self.quant_method!r} is not {FORMAT_NAME!r}")
-        if self.format_version != FORMAT_VERSION:
-            raise ValueError(f"N:M format_version={self.format_version} is not supported by this sparseflow "
-                             f"(reads version {FORMAT_VERSION}); upgrade sparseflow or re-compress the model")
-        object.__setattr__(self, "ignore", tuple(self.ignore))
-
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> NMCheckpointConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"unknown N:M quantization_config keys {unknown}; known: {sorted(known)}")
-        return cls(**dict(config))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ignore"] = list(self.ignore)
-        return d
-
-    def is_quantized(self, module_name: str) -> bool:
-        return not is_ignored(module_name, self.ignore)
+        self._check_header()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .._log import info_once
+from ..linear_inputs import check_linear_inputs
 from ..packing import pack_codes, unpack_codes
 from .format import (
     FORMAT_NAME,
@@ -55,7 +56,6 @@ GEMV_MAX_M = 8
 # g16, commit f54fb69: at M=4 it beats dequantize + cuBLAS on every shape, 0.28 vs 0.31-0.45 ms on the
 # largest; at M=16 it is 2.4x slower: each input row re-reads the weight).
 TASK_GEMV_MAX_M = 4
-ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _triton_path(w: GQSAWeight, device: torch.device) -> bool:
@@ -101,14 +101,7 @@ def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None
     Returns:
         ``[..., N]`` in ``x.dtype``.
     """
-    if x.shape[-1] != w.in_features:
-        raise ValueError(f"x has {x.shape[-1]} features in its last dimension; the weight expects {w.in_features}")
-    if x.dtype not in ACT_DTYPES:
-        raise ValueError(f"x.dtype={x.dtype} is not supported; use one of {ACT_DTYPES}")
-    if x.device != w.device:
-        raise ValueError(f"x is on {x.device} but the weight is on {w.device}")
-    if bias is not None and tuple(bias.shape) != (w.out_features,):
-        raise ValueError(f"bias has shape {tuple(bias.shape)}; expected ({w.out_features},)")
+    check_linear_inputs(x, w, bias)
     if not _triton_path(w, x.device):
         return gqsa_linear_reference(x, w, bias)
     from .triton_kernels import (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .._log import info_once
+from ..linear_inputs import check_linear_inputs
 from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -42,7 +43,6 @@ __all__ = [
 # Input rows up to which the GEMV reads the compressed weight; above, the weight is expanded for cuBLAS.
 # Not yet measured on the H200 (the N:M issue's benchmark will set it).
 GEMV_MAX_M = 4
-ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def expand(w: NMWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -64,14 +64,7 @@ def nm_linear(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None) ->
     Returns:
         ``[..., N]`` in ``x.dtype``.
     """
-    if x.shape[-1] != w.in_features:
-        raise ValueError(f"x has {x.shape[-1]} features in its last dimension; the weight expects {w.in_features}")
-    if x.dtype not in ACT_DTYPES:
-        raise ValueError(f"x.dtype={x.dtype} is not supported; use one of {ACT_DTYPES}")
-    if x.device != w.device:
-        raise ValueError(f"x is on {x.device} but the weight is on {w.device}")
-    if bias is not None and tuple(bias.shape) != (w.out_features,):
-        raise ValueError(f"bias has shape {tuple(bias.shape)}; expected ({w.out_features},)")
+    check_linear_inputs(x, w, bias)
     if x.device.type != "cuda":
         info_once(f"sparse_nm: input on {x.device.type}, not CUDA; using the torch reference (expand + matmul)")
         return nm_linear_reference(x, w, bias)

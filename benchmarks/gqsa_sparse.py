@@ -7,8 +7,8 @@ launch cost stays out). At M=1 the task-centric GEMV is also timed per configura
 
 from __future__ import annotations
 
-from .gqsa_linear import _copies, _tinygemm
 from .harness import Row, over_shapes, register, time_graph_ms
+from .peers import GraphPeers, rotating
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
 BATCHES = [1, 4, 16, 64, 256, 2048]
@@ -25,25 +25,19 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: list[tuple[int, int,
 
     dev = torch.device("cuda")
     dense = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
-    dense_pool = [dense.clone() for _ in range(_copies(2 * n * k))]
+    peers = GraphPeers(dense)
     keep = torch.rand(n, k // 16, device=dev) >= 0.5
     w = quantize_rtn(dense, bits=4, group_size=16, keep=keep)
-    pool = [w] + [w.clone() for _ in range(_copies(w.storage_bytes()) - 1)]
+    pool = rotating(w, w.storage_bytes())
     for p in pool:
         prepare_for_kernels(p)
-    packed, scales_zeros = _tinygemm(dense)
-    tg_pool = [(packed.clone(), scales_zeros.clone()) for _ in range(_copies(n * k // 2))]
     rows: list[Row] = []
     for m in batches:
         case = f"N={n} K={k} M={m}"
         x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
         io = 2 * m * k + 2 * m * n
         flops = 2.0 * m * n * k
-        ms = time_graph_ms([lambda x=x, d=d: F.linear(x, d) for d in dense_pool])
-        rows.append(Row(case, "dense bf16", ms, 2 * n * k + io, flops))
-        ms = time_graph_ms([lambda x=x, p=p, sz=sz: torch.ops.aten._weight_int4pack_mm(x, p, 128, sz)
-                            for p, sz in tg_pool])
-        rows.append(Row(case, "torch int4 g128", ms, n * k // 2 + (k // 128) * n * 4 + io, flops))
+        rows += peers.rows(case, x)
         err = rel_error(gqsa_linear(x, w), gqsa_linear_reference(x, w))
         extra = {"rel_err_vs_reference": err, "bits_per_weight": w.bits_per_weight(), "density": w.density(),
                  "task_gemv_config": task_gemv_config(w)}

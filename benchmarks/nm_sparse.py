@@ -4,8 +4,9 @@ timed, weights rotating through copies so each call reads HBM."""
 
 from __future__ import annotations
 
-from .gqsa_linear import _copies, _tinygemm
+from .gqsa_linear import _copies
 from .harness import Row, over_shapes, register, time_graph_ms
+from .peers import GraphPeers, rotating
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
 BATCHES = [1, 4, 16, 256, 2048]
@@ -22,11 +23,11 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
 
     dev = torch.device("cuda")
     dense = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
-    dense_pool = [dense.clone() for _ in range(_copies(2 * n * k))]
+    peers = GraphPeers(dense)
     pruned = nm_prune(dense.float(), 2, 4).to(torch.bfloat16)
     formats = {"nm 2:4 bf16": from_dense(pruned, 2, 4, "bf16"),
                "nm 2:4 int4 g128": from_dense(pruned, 2, 4, "int4", 128)}
-    pools = {name: [w] + [w.clone() for _ in range(_copies(w.storage_bytes()) - 1)] for name, w in formats.items()}
+    pools = {name: rotating(w, w.storage_bytes()) for name, w in formats.items()}
     try:
         from torch.sparse import to_sparse_semi_structured
 
@@ -36,22 +37,16 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
         semi, semi_note = None, f"unavailable: {str(err).splitlines()[0][:60]}"
     keep = torch.rand(n, k // 16, device=dev) >= 0.5
     gq = quantize_rtn(dense, bits=4, group_size=16, keep=keep)
-    gq_pool = [gq] + [gq.clone() for _ in range(_copies(gq.storage_bytes()) - 1)]
+    gq_pool = rotating(gq, gq.storage_bytes())
     for p in gq_pool:
         prepare_for_kernels(p)
-    packed, scales_zeros = _tinygemm(dense)
-    tg_pool = [(packed.clone(), scales_zeros.clone()) for _ in range(_copies(n * k // 2))]
     rows: list[Row] = []
     for m in batches:
         case = f"N={n} K={k} M={m}"
         x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
         io = 2 * m * k + 2 * m * n
         flops = 2.0 * m * n * k
-        rows.append(Row(case, "dense bf16", time_graph_ms([lambda d=d: F.linear(x, d) for d in dense_pool]),
-                        2 * n * k + io, flops))
-        rows.append(Row(case, "torch int4 g128", time_graph_ms(
-            [lambda p=p, sz=sz: torch.ops.aten._weight_int4pack_mm(x, p, 128, sz) for p, sz in tg_pool]),
-            n * k // 2 + (k // 128) * n * 4 + io, flops))
+        rows += peers.rows(case, x)
         if semi is not None:
             try:
                 ms = time_graph_ms([lambda s=s: F.linear(x, s) for s in semi])

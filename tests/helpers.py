@@ -62,3 +62,24 @@ def vllm_engine_run(model_dir, prompts: list[list[int]], max_tokens: int, ppl_to
         os._exit(0)
     """
     return result_of(run_python(code, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}))
+
+
+def truncated_copy(model_dir, dst) -> Path:
+    """A copy of a model folder whose ``model.safetensors`` is cut in half (a download that broke off)."""
+    import shutil
+
+    shutil.copytree(model_dir, dst)
+    data = (Path(dst) / "model.safetensors").read_bytes()
+    (Path(dst) / "model.safetensors").write_bytes(data[: len(data) // 2])
+    return Path(dst)
+
+
+def copy_with_quant_config(model_dir, dst, **changes) -> Path:
+    """A copy of a model folder whose config.json ``quantization_config`` has ``changes`` applied."""
+    import shutil
+
+    shutil.copytree(model_dir, dst)
+    config = json.loads((Path(dst) / "config.json").read_text())
+    config["quantization_config"].update(changes)
+    (Path(dst) / "config.json").write_text(json.dumps(config))
+    return Path(dst)

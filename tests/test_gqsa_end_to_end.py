@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -53,21 +52,15 @@ def test_vllm_quantization_flag_selects_gqsa(gqsa_llama_dir, vllm_greedy, tmp_pa
 
 
 def test_loader_rejects_bad_checkpoints(gqsa_llama_dir, tiny_llama_dir, tmp_path):
+    from helpers import copy_with_quant_config, truncated_copy
+
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
         load_model(tmp_path / "nowhere")
-    with pytest.raises(ValueError, match="not one of"):
+    with pytest.raises(ValueError, match=r"is None, not one of \['gqsa', 'sparse_nm'\]"):
         load_model(tiny_llama_dir)  # a dense checkpoint
-    truncated = tmp_path / "truncated"
-    shutil.copytree(gqsa_llama_dir, truncated)
-    data = (truncated / "model.safetensors").read_bytes()
-    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="corrupt or truncated"):
-        load_model(truncated)
-    wrong = tmp_path / "wrong-bits"
-    shutil.copytree(gqsa_llama_dir, wrong)
-    config = json.loads((wrong / "config.json").read_text())
-    config["quantization_config"]["bits"] = 8  # contradicts the packed codes
-    (wrong / "config.json").write_text(json.dumps(config))
+        load_model(truncated_copy(gqsa_llama_dir, tmp_path / "truncated"))
+    wrong = copy_with_quant_config(gqsa_llama_dir, tmp_path / "wrong-bits", bits=8)  # contradicts the packed codes
     with pytest.raises(ValueError, match="codes"):
         load_model(wrong)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -62,18 +61,13 @@ def test_vllm_engine_greedy_equals_transformers(nm_dir, vllm_greedy):
 
 
 def test_loader_rejects_bad_nm_checkpoints(nm_dir, tmp_path):
+    from helpers import copy_with_quant_config, truncated_copy
+
     path, recipe = nm_dir
-    truncated = tmp_path / "truncated"
-    shutil.copytree(path, truncated)
-    data = (truncated / "model.safetensors").read_bytes()
-    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="corrupt or truncated"):
-        load_model(truncated)
-    wrong = tmp_path / "wrong-pattern"
-    shutil.copytree(path, wrong)
-    config = json.loads((wrong / "config.json").read_text())
-    config["quantization_config"]["n"] = recipe.n + 1 if recipe.n + 1 < recipe.m else recipe.n - 1
-    (wrong / "config.json").write_text(json.dumps(config))
+        load_model(truncated_copy(path, tmp_path / "truncated"))
+    wrong = copy_with_quant_config(path, tmp_path / "wrong-pattern",
+                                   n=recipe.n + 1 if recipe.n + 1 < recipe.m else recipe.n - 1)
     with pytest.raises(ValueError, match="shape"):  # the stored values no longer fit the declared pattern
         load_model(wrong)
 

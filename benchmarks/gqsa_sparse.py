@@ -13,7 +13,7 @@ from .peers import GraphPeers, rotating
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
 BATCHES = [1, 4, 16, 64, 256, 2048]
 # (TASK, BLOCK, num_warps) of the task GEMV, next to the default (task_gemv_config)
-SWEEP = [(512, 64, 2), (1024, 64, 2), (1024, 32, 1), (1024, 128, 4)]
+SWEEP = [(512, 64, 2), (1024, 64, 2), (256, 64, 2), (1024, 32, 1), (512, 32, 1), (1024, 128, 4)]
 
 
 def _bench_shape(n: int, k: int, batches: list[int], sweep: list[tuple[int, int, int]]) -> list[Row]:

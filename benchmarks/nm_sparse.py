@@ -9,7 +9,9 @@ from .harness import Row, over_shapes, register, time_graph_ms
 from .peers import GraphPeers, rotating
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
-BATCHES = [1, 4, 16, 256, 2048]
+BATCHES = [1, 4, 16, 64, 256, 2048]
+# (BLOCK_R, BLOCK_U, num_warps) of the 2:4 GEMV, timed at M=1 next to the default
+SWEEP_24 = [(4, 64, 4), (2, 64, 4), (8, 32, 4), (4, 32, 2), (8, 64, 8), (16, 32, 8)]
 
 
 def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
@@ -62,6 +64,14 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
             ms = time_graph_ms([lambda p=p: nm_linear(x, p) for p in pool])
             rows.append(Row(case, name, ms, w.storage_bytes() + io, flops, note=f"err {err:.1e}",
                             extra={"rel_err_vs_reference": err, "bits_per_weight": w.bits_per_weight()}))
+            if m == 1:
+                from sparseflow.kernels.nm.triton_kernels import nm24_gemv
+
+                for block_r, block_u, warps in SWEEP_24:
+                    cfg = {"BLOCK_R": block_r, "BLOCK_U": block_u, "num_warps": warps}
+                    ms = time_graph_ms([lambda p=p, cfg=cfg: nm24_gemv(x, p, config=cfg) for p in pool])
+                    rows.append(Row(case, f"{name} r{block_r} u{block_u} w{warps}", ms, w.storage_bytes() + io,
+                                    flops, extra=cfg))
         ms = time_graph_ms([lambda p=p: gqsa_linear(x, p) for p in gq_pool])
         rows.append(Row(case, "gqsa w4s50g16", ms, gq.storage_bytes() + io, flops))
     return rows

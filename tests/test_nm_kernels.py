@@ -43,6 +43,39 @@ def test_gemv_matches_reference(rows, k, batch, n, m, values, group, dtype):
     assert_close(y.float(), nm_linear_reference(x.float(), w, bias.float()), dtype, name=f"nm gemv {n}:{m} {values}")
 
 
+HALF_DTYPES = [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=_id)
+@pytest.mark.parametrize("values, group", [*VALUES, ("int4", 128), ("int8", 24)], ids=lambda v: str(v))
+@pytest.mark.parametrize("rows, k, batch, block_m", [(37, 16 * 24, 1, 1), (13, 16 * 9, 3, 4), (5, 16 * 48, 2, 1)],
+                         ids=lambda v: str(v))
+def test_2_4_gemv_matches_reference(rows, k, batch, block_m, values, group, dtype):
+    """The 2:4 GEMV: odd row counts (partial row tiles), unit counts that leave a partial last step, integer
+    groups spanning several units or one and a half (24), batches above and below BLOCK_M."""
+    from sparseflow.kernels.nm.triton_kernels import nm24_gemv
+
+    if k * 2 // 4 % max(group, 1):
+        pytest.skip("group size does not divide the kept values per row")
+    w = _weight(rows, k, 2, 4, values, group, seed=3)
+    x = torch.randn(batch, k, device=DEVICE).to(dtype)
+    bias = torch.randn(rows, device=DEVICE).to(dtype)
+    y = nm24_gemv(x, w, bias, config={"BLOCK_R": 4, "BLOCK_U": 8, "num_warps": 1, "BLOCK_M": block_m})
+    assert y.dtype == dtype
+    assert_close(y.float(), nm_linear_reference(x.float(), w, bias.float()), dtype, name=f"2:4 gemv {values}")
+
+
+def test_2_4_gemv_rejects_what_it_cannot_run():
+    from sparseflow.kernels.nm.triton_kernels import nm24_gemv
+
+    with pytest.raises(ValueError, match="needs a 2:4 weight"):
+        nm24_gemv(torch.randn(1, 64, device=DEVICE, dtype=torch.float16), _weight(4, 64, 1, 4, "bf16", 0))
+    with pytest.raises(ValueError, match="not a multiple of 16"):
+        nm24_gemv(torch.randn(1, 72, device=DEVICE, dtype=torch.float16), _weight(4, 72, 2, 4, "bf16", 0))
+    with pytest.raises(ValueError, match="16-bit x"):
+        nm24_gemv(torch.randn(1, 64, device=DEVICE), _weight(4, 64, 2, 4, "bf16", 0))
+
+
 @pytest.mark.parametrize("values, group", VALUES, ids=lambda v: str(v))
 @pytest.mark.parametrize("n, m", [*PATTERNS, (1, 8), (3, 16)], ids=lambda v: str(v))
 def test_expand_matches_reference(n, m, values, group):

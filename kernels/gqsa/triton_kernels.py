@@ -244,21 +244,22 @@ def _window_layout(c, BITS: tl.constexpr):
 
 
 @triton.jit
-def _window_codes(word, z, BITS: tl.constexpr):
+def _window_codes(word, z, code_mask, BITS: tl.constexpr):
     """``[BLOCK, codes per word]``: ``(q_c - z) * 2**pos_c`` for every code ``c`` of each thread's word.
     ``(rotl(word) & mask) | 2**23`` is the float ``2**23 + q * 2**pos``; subtracting ``z * 2**pos + 2**23`` (one
     FFMA per group and position) leaves ``(q - z) * 2**pos`` in one FADD, exactly whenever ``z * 2**pos`` is a
     whole number: every float16 zero with |z| >= 2**-5 (pos >= 15), however far tuning moved it from the code
     range, since the operands' low bits are then zero; smaller zeros are off by < 2**-16. A
     code costs a LOP3 and an FADD: no int-to-float conversion (a quarter-rate instruction), no separate
-    subtraction of the zero."""
+    subtraction of the zero. ``code_mask`` (``2**BITS - 1``) is a runtime value on purpose: as a constant, ptxas
+    re-materialises the shifted masks before every LOP3 (an extra MOV per code); from an argument they stay in
+    registers."""
     CPW: tl.constexpr = 32 // BITS
-    MASK: tl.constexpr = (1 << BITS) - 1
     c = tl.arange(0, CPW)
     pos, rot = _window_layout(c, BITS)
     rot_u = rot.to(tl.uint32)[None, :]
     rotated = (word[:, None] << rot_u) | (word[:, None] >> ((32 - rot_u) % 32))
-    f = ((rotated & (MASK << pos).to(tl.uint32)[None, :]) | 0x4B000000).to(tl.float32, bitcast=True)
+    f = ((rotated & (code_mask << pos.to(tl.uint32))[None, :]) | 0x4B000000).to(tl.float32, bitcast=True)
     return f - (z[:, None] * (1 << pos).to(tl.float32)[None, :] + 8388608.0)
 
 
@@ -270,7 +271,7 @@ def _window_scale(BITS: tl.constexpr):
 
 
 @triton.jit
-def _x_group_word(x_row, col, wj: tl.constexpr, gmask, G: tl.constexpr, BITS: tl.constexpr):
+def _x_group_word(x_row, col, wj: tl.constexpr, G: tl.constexpr, BITS: tl.constexpr):
     """``[BLOCK, codes per word]`` float32 x values facing word ``wj`` of each group (contiguous: one vector load
     per thread). bf16 x is read as 32-bit pairs and widened with integer ops (low half shifted up, high half
     masked): one instruction per value instead of two."""
@@ -278,20 +279,19 @@ def _x_group_word(x_row, col, wj: tl.constexpr, gmask, G: tl.constexpr, BITS: tl
     base = col * G + wj * CPW
     if x_row.dtype.element_ty == tl.bfloat16:
         pj = tl.arange(0, CPW // 2)
-        pairs = tl.load(x_row.to(tl.pointer_type(tl.uint32)) + (base // 2)[:, None] + pj[None, :],
-                        mask=gmask[:, None], other=0)
+        pairs = tl.load(x_row.to(tl.pointer_type(tl.uint32)) + (base // 2)[:, None] + pj[None, :])
         x_lo = (pairs << 16).to(tl.float32, bitcast=True)
         x_hi = (pairs & 0xFFFF0000).to(tl.float32, bitcast=True)
         return tl.reshape(tl.join(x_lo, x_hi), (col.shape[0], CPW))
     else:
         ci = tl.arange(0, CPW)
-        return tl.load(x_row + base[:, None] + ci[None, :], mask=gmask[:, None], other=0.0).to(tl.float32)
+        return tl.load(x_row + base[:, None] + ci[None, :]).to(tl.float32)
 
 
 @triton.jit
 def _task_gemv_kernel(
     x_ptr, words_ptr, col_ptr, rowptr_ptr, scale_ptr, zero_ptr, task_row_ptr, y_ptr,
-    NNZ, M, stride_xm, stride_ym, TASK,
+    NNZ, M, stride_xm, stride_ym, TASK, code_mask,
     G: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """Task-centric decode GEMV: program ``t`` owns stored groups ``[t*TASK, (t+1)*TASK)`` whatever rows they
@@ -306,7 +306,7 @@ def _task_gemv_kernel(
     pid_t = tl.program_id(0)
     pid_m = tl.program_id(1)
     unscale = _window_scale(BITS)[None, :]
-    task_lo = pid_t.to(tl.int64) * TASK
+    task_lo = pid_t * TASK
     task_hi = tl.minimum(task_lo + TASK, NNZ)
     row_first = tl.load(task_row_ptr + pid_t)
     row_last = tl.load(task_row_ptr + pid_t + 1)
@@ -325,25 +325,30 @@ def _task_gemv_kernel(
         acc2 = tl.zeros([BLOCK], dtype=tl.float32)
         acc3 = tl.zeros([BLOCK], dtype=tl.float32)
         for j in range(lo, hi, BLOCK):
-            gidx = j + offs
-            gmask = gidx < hi
-            gidx64 = gidx.to(tl.int64)
-            col = tl.load(col_ptr + gidx64, mask=gmask, other=0).to(tl.int32)
-            s = tl.load(scale_ptr + gidx64, mask=gmask, other=0.0).to(tl.float32)
-            z = tl.load(zero_ptr + gidx64, mask=gmask, other=0.0).to(tl.float32)
+            # int32 indices (the host checks nnz * words per group < 2**31). Threads past the row's end re-read its
+            # last group and weigh it by zero: unmasked loads need no zero-filled registers first.
+            gidx = tl.minimum(j + offs, hi - 1)
+            col = tl.load(col_ptr + gidx).to(tl.int32)
+            s = tl.where(j + offs < hi, tl.load(scale_ptr + gidx).to(tl.float32), 0.0)
+            z = tl.load(zero_ptr + gidx).to(tl.float32)
             d0 = tl.zeros([BLOCK, CPW], dtype=tl.float32)
             d1 = tl.zeros([BLOCK, CPW], dtype=tl.float32)
             d2 = tl.zeros([BLOCK, CPW], dtype=tl.float32)
             d3 = tl.zeros([BLOCK, CPW], dtype=tl.float32)
+            if WPG == 2:  # the common g16 4-bit case: both words in one 64-bit load
+                w01 = tl.split(tl.load(words_ptr + gidx[:, None] * 2 + tl.arange(0, 2)[None, :]))
             for wj in tl.static_range(WPG):
-                word = tl.load(words_ptr + gidx64 * WPG + wj, mask=gmask, other=0).to(tl.uint32, bitcast=True)
-                wq = _window_codes(word, z, BITS)
-                d0 += wq * _x_group_word(x0, col, wj, gmask, G, BITS)
+                if WPG == 2:
+                    word = w01[wj].to(tl.uint32, bitcast=True)
+                else:
+                    word = tl.load(words_ptr + gidx * WPG + wj).to(tl.uint32, bitcast=True)
+                wq = _window_codes(word, z, code_mask, BITS)
+                d0 += wq * _x_group_word(x0, col, wj, G, BITS)
                 if BLOCK_M > 1:
-                    d1 += wq * _x_group_word(x1, col, wj, gmask, G, BITS)
+                    d1 += wq * _x_group_word(x1, col, wj, G, BITS)
                 if BLOCK_M > 2:
-                    d2 += wq * _x_group_word(x2, col, wj, gmask, G, BITS)
-                    d3 += wq * _x_group_word(x3, col, wj, gmask, G, BITS)
+                    d2 += wq * _x_group_word(x2, col, wj, G, BITS)
+                    d3 += wq * _x_group_word(x3, col, wj, G, BITS)
             acc0 += s * tl.sum(d0 * unscale, axis=1)
             if BLOCK_M > 1:
                 acc1 += s * tl.sum(d1 * unscale, axis=1)
@@ -478,6 +483,10 @@ def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = N
     m = x.shape[0]
     if (w.group_size * w.bits) % 32:
         raise ValueError(f"task GEMV needs whole 32-bit words per group (g={w.group_size}, bits={w.bits})")
+    words_per_group = w.group_size * w.bits // 32
+    if w.nnz_groups * words_per_group >= 2**31:
+        raise ValueError(f"task GEMV indexes words with int32: {w.nnz_groups} groups x {words_per_group} words is "
+                         "too many; split the layer")
     cfg = dict(config or task_gemv_config(w))
     task = cfg.pop("TASK")
     block_m = cfg.pop("BLOCK_M", min(triton.next_power_of_2(m), 4))
@@ -491,7 +500,8 @@ def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = N
         grid = (rows.numel() - 1, triton.cdiv(m, block_m))
         _task_gemv_kernel[grid](
             x, _as_words(w), w.group_col, w.row_ptr, w.scale, w.zero, rows, y,
-            w.nnz_groups, m, x.stride(0), y.stride(0), task, G=w.group_size, BITS=w.bits, BLOCK_M=block_m, **cfg,
+            w.nnz_groups, m, x.stride(0), y.stride(0), task, (1 << w.bits) - 1,
+            G=w.group_size, BITS=w.bits, BLOCK_M=block_m, **cfg,
         )
     if bias is not None:
         y += bias.float()

@@ -1,7 +1,8 @@
 """N:M sparse linear layers, with bf16/fp16 kept values or int8/int4 codes and group scales (``format.py``).
 
 Public entry point: ``nm_linear(x, w, bias)``. On CUDA it runs Triton: a GEMV that reads the compressed weight
-for small batches, and expand + cuBLAS for larger ones. Elsewhere it runs the torch reference and says so once.
+for small batches (a 2:4-specialised one for 2:4 weights with 16-bit x), and expand + cuBLAS for larger
+ones. Elsewhere it runs the torch reference and says so once.
 """
 
 from __future__ import annotations
@@ -68,12 +69,14 @@ def nm_linear(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None) ->
     if x.device.type != "cuda":
         info_once(f"sparse_nm: input on {x.device.type}, not CUDA; using the torch reference (expand + matmul)")
         return nm_linear_reference(x, w, bias)
-    from .triton_kernels import nm_expand, nm_gemv
+    from .triton_kernels import nm24_gemv, nm24_supported, nm_expand, nm_gemv
 
     x2 = x.reshape(-1, w.in_features)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    if x2.shape[0] <= GEMV_MAX_M:
+    if x2.shape[0] <= GEMV_MAX_M and nm24_supported(x2, w):
+        y = nm24_gemv(x2, w, bias)
+    elif x2.shape[0] <= GEMV_MAX_M:
         y = nm_gemv(x2, w, bias)
     else:
         y = torch.nn.functional.linear(x2, nm_expand(w, x.dtype), bias)

@@ -1,0 +1,118 @@
+"""Compile a Triton kernel for sm_90 here (no GPU needed) and count its SASS instructions.
+
+Used to judge decode-kernel variants before spending device time on them: the GQSA and N:M GEMVs are
+instruction-bound, so instructions per loop iteration predict their speed. Pointer and stride arguments
+get the 16-divisibility hint the runtime specialisation would give them.
+
+    python -m benchmarks.sass gqsa_task [--dump]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+
+def compile_sass(fn, signature: dict, constexprs: dict, divisible: list[str], num_warps: int) -> str:
+    """SASS text of ``fn`` compiled for sm_90 with ``divisible`` arguments marked multiples of 16."""
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in divisible}
+    src = ASTSource(fn, signature, constexprs, attrs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        return subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+
+
+def instructions(sass: str) -> list[tuple[int, str]]:
+    """(address, opcode) of every instruction."""
+    out = []
+    for line in sass.splitlines():
+        m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)
+        if m:
+            out.append((int(m.group(1), 16), m.group(3)))
+    return out
+
+
+def loops(sass: str) -> list[tuple[int, int]]:
+    """(start, end) addresses of backward branches: the loop bodies."""
+    spans = []
+    for line in sass.splitlines():
+        m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?BRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)", line)
+        if m:
+            src, dst = int(m.group(1), 16), int(m.group(3), 16)
+            if dst < src:
+                spans.append((dst, src))
+    return spans
+
+
+def report(sass: str) -> None:
+    ins = instructions(sass)
+    print(f"total instructions: {len(ins)}")
+    for start, end in loops(sass):
+        body = [op for addr, op in ins if start <= addr <= end]
+        hist = collections.Counter(op.split(".")[0] for op in body)
+        top = " ".join(f"{k}:{v}" for k, v in hist.most_common(14))
+        print(f"loop {start:#x}-{end:#x}: {len(body)} instructions  {top}")
+
+
+def _gqsa_task(args):
+    from sparseflow.kernels.gqsa import triton_kernels as tk
+    fn = tk._task_gemv_kernel
+    xdt = "*" + args.x
+    sig = dict(x_ptr=xdt, words_ptr="*u32", col_ptr="*i16", rowptr_ptr="*i32", scale_ptr="*fp16",
+               zero_ptr="*fp16", task_row_ptr="*i32", y_ptr="*fp32", NNZ="i32", M="i32", stride_xm="i32",
+               stride_ym="i32", TASK="i32", code_mask="u32",
+               G="constexpr", BITS="constexpr", BLOCK="constexpr", BLOCK_M="constexpr")
+    const = dict(G=16, BITS=4, BLOCK=64, BLOCK_M=1)
+    div = ["x_ptr", "words_ptr", "col_ptr", "rowptr_ptr", "scale_ptr", "zero_ptr", "task_row_ptr", "y_ptr",
+           "stride_xm", "stride_ym"]
+    return compile_sass(fn, sig, const, div, num_warps=2)
+
+
+def _nm24(args):
+    from sparseflow.kernels.nm import triton_kernels as tk
+    fn = tk._nm24_gemv_kernel
+    kind = {"bf16": 0, "int8": 1, "int4": 2}[args.values]
+    vdt = {"bf16": "*bf16", "int8": "*i8", "int4": "*u8"}[args.values]
+    sig = dict(x_ptr="*" + args.x, values_ptr=vdt, indices_ptr="*u8", scales_ptr="*fp16", bias_ptr="*bf16",
+               y_ptr="*bf16", N="i32", M="i32", K="i32", KEPT="i32", IDX_BYTES="i32", stride_xm="i32",
+               stride_ym="i32", KIND="constexpr", GROUP="constexpr", X_BF16="constexpr", HAS_BIAS="constexpr",
+               BLOCK_R="constexpr", BLOCK_U="constexpr", BLOCK_M="constexpr")
+    const = dict(KIND=kind, GROUP=128, X_BF16=args.x == "bf16", HAS_BIAS=False, BLOCK_R=args.block_r,
+                 BLOCK_U=args.block_u, BLOCK_M=1)
+    div = ["x_ptr", "values_ptr", "indices_ptr", "scales_ptr", "bias_ptr", "y_ptr", "K", "KEPT", "IDX_BYTES",
+           "stride_xm", "stride_ym"]
+    return compile_sass(fn, sig, const, div, num_warps=args.warps)
+
+
+KERNELS = {"gqsa_task": _gqsa_task, "nm24": _nm24}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("kernel", choices=sorted(KERNELS))
+    p.add_argument("--dump", action="store_true")
+    p.add_argument("--x", default="bf16", help="x element type as the kernel reads it (fp32, bf16)")
+    p.add_argument("--values", default="bf16", help="nm24: value format (bf16, int8, int4)")
+    p.add_argument("--block-r", type=int, default=4)
+    p.add_argument("--block-u", type=int, default=64)
+    p.add_argument("--warps", type=int, default=4)
+    args = p.parse_args()
+    sass = KERNELS[args.kernel](args)
+    if args.dump:
+        print(sass)
+    report(sass)
+
+
+if __name__ == "__main__":
+    main()

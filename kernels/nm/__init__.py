@@ -42,7 +42,9 @@ __all__ = [
 ]
 
 # Input rows up to which the GEMV reads the compressed weight; above, the weight is expanded for cuBLAS.
-# Not yet measured on the H200 (the N:M issue's benchmark will set it).
+# H200 (benchmarks/results/nm_sparse-NVIDIA_H200.json, 28672x8192 2:4 bf16): the 2:4 GEMV at M=4 0.26 ms, expand +
+# cuBLAS at M=16 0.51 ms (the expand writes and re-reads a dense copy). Both lose to dense bf16 (0.12 ms) between
+# M=2 and M~256: the GEMV picks positions per input row, so its cost grows with M.
 GEMV_MAX_M = 4
 
 

@@ -228,6 +228,16 @@ def nm24_supported(x: torch.Tensor, w: NMWeight) -> bool:
     return (w.n, w.m) == (2, 4) and w.in_features % 16 == 0 and x.dtype in (torch.bfloat16, torch.float16)
 
 
+def nm24_gemv_config(w: NMWeight) -> dict:
+    """Tiles of the 2:4 GEMV, from the H200 sweep in benchmarks/results/nm_sparse-NVIDIA_H200.json (M=1): 16-bit
+    values run best with one unit per thread over 2 rows x 64 units (28672x8192: 0.069 ms, against 0.073-0.079
+    for the other five tiles tried); integer values are instruction-bound and within 5% across tiles, 4 x 64 the
+    best or level on four of five shapes."""
+    if w.value_format in ("bf16", "fp16"):
+        return {"BLOCK_R": 2, "BLOCK_U": 64, "num_warps": 4}
+    return {"BLOCK_R": 4, "BLOCK_U": 64, "num_warps": 4}
+
+
 def nm24_gemv(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None,
               config: dict | None = None) -> torch.Tensor:
     """``x [M, K] @ W.T (+ bias) -> [M, N]`` for a 2:4 weight (``nm24_supported``); for small M."""
@@ -240,7 +250,7 @@ def nm24_gemv(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None,
     if x.stride(0) % 2:
         x = x.contiguous()  # x is read as 32-bit pairs
     m = x.shape[0]
-    cfg = dict(config or {"BLOCK_R": 4, "BLOCK_U": 64, "num_warps": 4})
+    cfg = dict(config or nm24_gemv_config(w))
     block_m = cfg.pop("BLOCK_M", min(triton.next_power_of_2(m), 4))
     y = torch.empty(m, w.out_features, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(w.out_features, cfg["BLOCK_R"]), triton.cdiv(m, block_m))

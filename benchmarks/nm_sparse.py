@@ -11,9 +11,7 @@ from .peers import GraphPeers, rotating
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
 BATCHES = [1, 4, 16, 64, 256, 2048]
 # (BLOCK_R, BLOCK_U, num_warps) of the 2:4 GEMV, timed at M=1 next to the default
-SWEEP_24 = [(4, 64, 4), (2, 64, 4), (8, 32, 4), (8, 64, 8)]
-# (BLOCK_N, BLOCK_U, num_warps) of the 2:4 tensor-core kernel at 2 <= M <= 256 (BLOCK_M from the batch)
-SWEEP_24_TC = [(64, 16, 4), (128, 16, 8), (64, 8, 4), (32, 16, 4)]
+SWEEP_24 = [(4, 64, 4), (2, 64, 4), (8, 32, 4), (4, 32, 2), (8, 64, 8), (16, 32, 8)]
 
 
 def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
@@ -66,14 +64,6 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
             ms = time_graph_ms([lambda p=p: nm_linear(x, p) for p in pool])
             rows.append(Row(case, name, ms, w.storage_bytes() + io, flops, note=f"err {err:.1e}",
                             extra={"rel_err_vs_reference": err, "bits_per_weight": w.bits_per_weight()}))
-            if 2 <= m <= 256:
-                from sparseflow.kernels.nm.triton_kernels import nm24_matmul, nm24_matmul_config
-
-                for block_n, block_u, warps in SWEEP_24_TC:
-                    cfg = {**nm24_matmul_config(m), "BLOCK_N": block_n, "BLOCK_U": block_u, "num_warps": warps}
-                    ms = time_graph_ms([lambda p=p, cfg=cfg: nm24_matmul(x, p, config=cfg) for p in pool])
-                    rows.append(Row(case, f"{name} tc n{block_n} u{block_u} w{warps}", ms, w.storage_bytes() + io,
-                                    flops, extra=cfg))
             if m == 1:
                 from sparseflow.kernels.nm.triton_kernels import nm24_gemv
 

@@ -95,22 +95,7 @@ def _nm24(args):
     return compile_sass(fn, sig, const, div, num_warps=args.warps)
 
 
-def _nm24mm(args):
-    from sparseflow.kernels.nm import triton_kernels as tk
-    fn = tk._nm24_matmul_kernel
-    kind = {"bf16": 0, "int8": 1, "int4": 2}[args.values]
-    vdt = {"bf16": "*bf16", "int8": "*i8", "int4": "*u8"}[args.values]
-    sig = dict(x_ptr="*bf16", values_ptr=vdt, indices_ptr="*u8", scales_ptr="*fp16", bias_ptr="*bf16",
-               y_ptr="*bf16", N="i32", M="i32", K="i32", KEPT="i32", IDX_BYTES="i32", stride_xm="i32",
-               stride_ym="i32", KIND="constexpr", GROUP="constexpr", HAS_BIAS="constexpr",
-               BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_U="constexpr")
-    const = dict(KIND=kind, GROUP=128, HAS_BIAS=False, BLOCK_M=16, BLOCK_N=args.block_r, BLOCK_U=args.block_u)
-    div = ["x_ptr", "values_ptr", "indices_ptr", "scales_ptr", "bias_ptr", "y_ptr", "K", "KEPT", "IDX_BYTES",
-           "stride_xm", "stride_ym"]
-    return compile_sass(fn, sig, const, div, num_warps=args.warps)
-
-
-KERNELS = {"gqsa_task": _gqsa_task, "nm24": _nm24, "nm24mm": _nm24mm}
+KERNELS = {"gqsa_task": _gqsa_task, "nm24": _nm24}
 
 
 def main() -> None:

@@ -76,25 +76,6 @@ def test_2_4_gemv_rejects_what_it_cannot_run():
         nm24_gemv(torch.randn(1, 64, device=DEVICE), _weight(4, 64, 2, 4, "bf16", 0))
 
 
-@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=_id)
-@pytest.mark.parametrize("values, group", [*VALUES, ("int4", 128)], ids=lambda v: str(v))
-@pytest.mark.parametrize("rows, k, batch", [(37, 16 * 24, 19), (13, 16 * 9, 2), (70, 16 * 16, 33)],
-                         ids=lambda v: str(v))
-def test_2_4_tensor_core_matmul_matches_reference(rows, k, batch, values, group, dtype):
-    """The 2:4 tensor-core kernel: partial row, batch and unit tiles (9 units in steps of 4), every value kind."""
-    from sparseflow.kernels.nm.triton_kernels import nm24_matmul
-
-    if k * 2 // 4 % max(group, 1):
-        pytest.skip("group size does not divide the kept values per row")
-    w = _weight(rows, k, 2, 4, values, group, seed=4)
-    x = torch.randn(batch, k, device=DEVICE).to(dtype)
-    bias = torch.randn(rows, device=DEVICE).to(dtype)
-    y = nm24_matmul(x, w, bias, config={"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_U": 4, "num_warps": 1})
-    assert y.dtype == dtype
-    # the weight is rounded to x's dtype for the tensor cores, as expand + cuBLAS does: within x's tolerance
-    assert_close(y.float(), nm_linear_reference(x.float(), w, bias.float()), dtype, name=f"2:4 tc {values}")
-
-
 @pytest.mark.parametrize("values, group", VALUES, ids=lambda v: str(v))
 @pytest.mark.parametrize("n, m", [*PATTERNS, (1, 8), (3, 16)], ids=lambda v: str(v))
 def test_expand_matches_reference(n, m, values, group):

@@ -100,12 +100,8 @@ def _nm_expand_kernel(
 
 @triton.jit
 def _split4(t):
-    """``[..., 4]`` (1 or 2 leading axes) -> four ``[...]`` tensors (registers of one thread when the last axis
-    is per thread)."""
-    if len(t.shape) == 2:
-        even, odd = tl.split(tl.reshape(t, (t.shape[0], 2, 2)))  # (t0, t2), (t1, t3)
-    else:
-        even, odd = tl.split(tl.reshape(t, (t.shape[0], t.shape[1], 2, 2)))
+    """``[E, 4]`` -> four ``[E]`` tensors (registers of one thread when the last axis is per thread)."""
+    even, odd = tl.split(tl.reshape(t, (t.shape[0], 2, 2)))  # (t0, t2), (t1, t3)
     t0, t2 = tl.split(even)
     t1, t3 = tl.split(odd)
     return t0, t1, t2, t3
@@ -139,19 +135,18 @@ def _block_dot(acc, idx, blk: tl.constexpr, v0, v1, pair_a, pair_b, X_BF16: tl.c
 
 @triton.jit
 def _unit_values(values_ptr, rows64, units, KEPT, KIND: tl.constexpr):
-    """The eight kept values of each (row, unit) element (``rows64``, ``units``: broadcastable index tensors, 1-D
-    or 2-D) as float32 (integer kinds: their codes, unscaled). Callers pass in-bounds elements only (no masks:
-    nothing to zero-fill)."""
+    """The eight kept values of each (row, unit) element (``rows64``, ``units``: ``[E]``) as float32 (integer
+    kinds: their codes, unscaled). Callers pass in-bounds elements only (no masks: nothing to zero-fill)."""
     words = values_ptr.to(tl.pointer_type(tl.uint32))
     if KIND == 0:  # bf16 / fp16: four 32-bit pairs, one 16-byte load
-        vp = tl.load(tl.expand_dims(words + rows64 * (KEPT // 2) + units * 4, -1) + tl.arange(0, 4))
+        vp = tl.load(words + (rows64 * (KEPT // 2) + units * 4)[:, None] + tl.arange(0, 4)[None, :])
         p0, p1, p2, p3 = _split4(vp)
         bf16: tl.constexpr = values_ptr.dtype.element_ty == tl.bfloat16
         return (_half_to_f32(p0, bf16), _half_to_f32(p0 >> 16, bf16), _half_to_f32(p1, bf16),
                 _half_to_f32(p1 >> 16, bf16), _half_to_f32(p2, bf16), _half_to_f32(p2 >> 16, bf16),
                 _half_to_f32(p3, bf16), _half_to_f32(p3 >> 16, bf16))
     elif KIND == 1:  # int8: two words of four codes; arithmetic shifts sign-extend each byte
-        wp = tl.load(tl.expand_dims(words + rows64 * (KEPT // 4) + units * 2, -1) + tl.arange(0, 2))
+        wp = tl.load(words + (rows64 * (KEPT // 4) + units * 2)[:, None] + tl.arange(0, 2)[None, :])
         w0, w1 = tl.split(wp.to(tl.int32, bitcast=True))
         return ((w0 << 24 >> 24).to(tl.float32), (w0 << 16 >> 24).to(tl.float32),
                 (w0 << 8 >> 24).to(tl.float32), (w0 >> 24).to(tl.float32),
@@ -228,100 +223,6 @@ def _nm24_gemv_kernel(
             tl.store(y_ptr + m.to(tl.int64) * stride_ym + rows, y.to(y_ptr.dtype.element_ty), mask=rmask)
 
 
-@triton.jit
-def _block_dense(nib, v0, v1):
-    """``[R, U, 4]`` dense inputs of a 2:4 block from its nibble of positions and two kept values (``[R, U]``)."""
-    j = tl.arange(0, 4)[None, None, :]
-    p0 = (nib & 3)[:, :, None]
-    p1 = (nib >> 2)[:, :, None]
-    return tl.where(j == p0, v0[:, :, None], tl.where(j == p1, v1[:, :, None], 0.0))
-
-
-@triton.jit
-def _nm24_matmul_kernel(
-    x_ptr, values_ptr, indices_ptr, scales_ptr, bias_ptr, y_ptr,
-    N, M, K, KEPT, IDX_BYTES, stride_xm, stride_ym,
-    KIND: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr,
-):
-    """2:4 weight times a batch of ``M`` rows on the tensor cores, for batches too large for the GEMV and too small
-    to amortise a dense copy (expand + cuBLAS writes and re-reads the whole weight per call). Each step expands
-    ``[BLOCK_N rows, BLOCK_U units]`` of the compressed weight in registers, one 2:4 block position at a time
-    (``[BLOCK_N, 4 * BLOCK_U]`` dense inputs: block ``i`` of every unit), and multiplies it with the matching
-    (strided) columns of x: four ``tl.dot`` per step, no dense weight in memory."""
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows64 = tl.minimum(rows, N - 1).to(tl.int64)[:, None]
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mmask = offs_m < M
-    x_rows = x_ptr + offs_m.to(tl.int64)[:, None, None] * stride_xm
-    n_units = K // 16
-    offs_u = tl.arange(0, BLOCK_U)
-    j4 = tl.arange(0, 4)[None, None, :]
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for u0 in range(0, n_units, BLOCK_U):
-        unit = u0 + offs_u
-        umask = unit < n_units
-        units = tl.minimum(unit, n_units - 1)[None, :]  # [1, U]; dead units are zeroed through their values
-        idx = tl.load(indices_ptr.to(tl.pointer_type(tl.uint16)) + rows64 * (IDX_BYTES // 2) + units).to(tl.uint32)
-        v0, v1, v2, v3, v4, v5, v6, v7 = _unit_values(values_ptr, rows64, units, KEPT, KIND)
-        if KIND != 0:
-            s = tl.load(scales_ptr + rows64 * (KEPT // GROUP) + units * 8 // GROUP).to(tl.float32)
-        else:
-            s = tl.full([BLOCK_N, BLOCK_U], 1.0, tl.float32)
-        s = tl.where(umask[None, :], s, 0.0)
-        for blk in tl.static_range(4):
-            if blk == 0:
-                dense = _block_dense(idx & 15, v0 * s, v1 * s)
-            elif blk == 1:
-                dense = _block_dense((idx >> 4) & 15, v2 * s, v3 * s)
-            elif blk == 2:
-                dense = _block_dense((idx >> 8) & 15, v4 * s, v5 * s)
-            else:
-                dense = _block_dense((idx >> 12) & 15, v6 * s, v7 * s)
-            w_t = tl.reshape(dense, (BLOCK_N, 4 * BLOCK_U)).to(x_ptr.dtype.element_ty)
-            cols = (unit * 16 + 4 * blk)[None, :, None] + j4  # [1, U, 4]
-            xt = tl.load(x_rows + cols, mask=mmask[:, None, None] & umask[None, :, None], other=0.0)
-            acc = tl.dot(tl.reshape(xt, (BLOCK_M, 4 * BLOCK_U)), tl.trans(w_t), acc)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)[None, :]
-    out = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + rows[None, :]
-    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mmask[:, None] & (rows < N)[None, :])
-
-
-def nm24_matmul_config(m: int) -> dict:
-    """Tiles of the 2:4 tensor-core kernel (not yet swept on the H200)."""
-    block_m = 16 if m <= 16 else 32 if m <= 32 else 64
-    return {"BLOCK_M": block_m, "BLOCK_N": 64, "BLOCK_U": 16, "num_warps": 4, "num_stages": 2}
-
-
-def nm24_matmul(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None,
-                config: dict | None = None) -> torch.Tensor:
-    """``x [M, K] @ W.T (+ bias) -> [M, N]`` for a 2:4 weight (``nm24_supported``) on the tensor cores, expanding
-    tiles in registers; for batches above the GEMV's."""
-    _check_nm24(x, w)
-    m = x.shape[0]
-    cfg = dict(config or nm24_matmul_config(m))
-    y = torch.empty(m, w.out_features, dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(w.out_features, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]))
-    _nm24_matmul_kernel[grid](
-        x, w.values, w.indices, w.scales if w.scales is not None else w.values, bias if bias is not None else y, y,
-        w.out_features, m, w.in_features, w.kept_per_row, w.indices.shape[1], x.stride(0), y.stride(0),
-        KIND=VALUE_KINDS[w.value_format], GROUP=max(1, w.group_size), HAS_BIAS=bias is not None, **cfg,
-    )
-    return y
-
-
-def _check_nm24(x: torch.Tensor, w: NMWeight) -> None:
-    if (w.n, w.m) != (2, 4):
-        raise ValueError(f"the 2:4 kernels: each needs a 2:4 weight, got {w.n}:{w.m}; use nm_gemv or expand")
-    if w.in_features % 16:
-        raise ValueError(f"the 2:4 kernels read 16 inputs per unit: K={w.in_features} is not a multiple of 16")
-    if x.dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"the 2:4 kernels read 16-bit x (bf16/fp16), got {x.dtype}")
-
-
 def nm24_supported(x: torch.Tensor, w: NMWeight) -> bool:
     """The 2:4 GEMV applies: pattern 2:4, K a multiple of 16, 16-bit x."""
     return (w.n, w.m) == (2, 4) and w.in_features % 16 == 0 and x.dtype in (torch.bfloat16, torch.float16)
@@ -340,7 +241,12 @@ def nm24_gemv_config(w: NMWeight) -> dict:
 def nm24_gemv(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None,
               config: dict | None = None) -> torch.Tensor:
     """``x [M, K] @ W.T (+ bias) -> [M, N]`` for a 2:4 weight (``nm24_supported``); for small M."""
-    _check_nm24(x, w)
+    if (w.n, w.m) != (2, 4):
+        raise ValueError(f"the 2:4 GEMV needs a 2:4 weight, got {w.n}:{w.m}; use nm_gemv")
+    if w.in_features % 16:
+        raise ValueError(f"the 2:4 GEMV reads 16 inputs per thread: K={w.in_features} is not a multiple of 16")
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"the 2:4 GEMV reads 16-bit x (bf16/fp16), got {x.dtype}")
     if x.stride(0) % 2:
         x = x.contiguous()  # x is read as 32-bit pairs
     m = x.shape[0]

@@ -1,0 +1,163 @@
+"""2:4 decode GEMV on the sparse tensor cores (``mma.sp``, sm_80 and newer), written with Triton inline PTX.
+
+Upstream Triton has no sparse-MMA op, so this kernel does what ``tl.dot`` would do by hand: every tensor is a
+flat ``[32 * num_warps]`` vector, one element per thread, so element ``e`` *is* lane ``e % 32`` of warp
+``e // 32`` and each thread builds its own fragment registers. A warp owns 16 output rows and walks K 32
+inputs (one ``mma.sp.m16n8k32``) at a time:
+
+* A (the weight, 16 rows x 32 inputs, 16 kept per row): lane (g = lane // 4, t = lane % 4) holds kept values
+  2t, 2t+1 and 2t+8, 2t+9 of rows g and g+8, i.e. straight 32-bit pairs of the ``sparse_nm`` values array
+  (bf16), or two bytes of int4 codes widened to bf16 pairs ``128 + q'`` by a LOP3 and shifted to ``q' - 8``
+  exactly in the asm;
+* the metadata: our 2-bit positions of a row's 16 kept values are one 32-bit word in exactly the order the
+  instruction wants (block i's two positions at bits 4i..4i+3); lanes with t = 0 / 1 supply rows g / g+8;
+* B (x, 32 inputs x 8 columns): every column is the same x, so every lane loads its four pairs (inputs 2t, 2t+1
+  + 8r) and all eight output columns are equal; lane t = 0 keeps column 0.
+
+Integer codes take their group's scale after the group's chunks (``GROUP`` a multiple of 16 kept values).
+GPU only: the Triton interpreter cannot run PTX; ``sparse_mma_supported`` says when it applies.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .format import NMWeight
+
+_MMA_SP = (
+    "mma.sp.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 "
+    "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9, $10, $11}, {$12, $13, $14, $15}, $16, META_SEL;"
+)
+# int4 codes arrive as bf16 pairs 128 + q' (q' = q + 8); one fma per pair makes them q exactly (-8..7)
+_MMA_SP_INT4 = (
+    "{ .reg .b32 a<4>, one, off; mov.b32 one, 0x3F803F80; mov.b32 off, 0xC308C308; "
+    "fma.rn.bf16x2 a0, $4, one, off; fma.rn.bf16x2 a1, $5, one, off; "
+    "fma.rn.bf16x2 a2, $6, one, off; fma.rn.bf16x2 a3, $7, one, off; "
+    "mma.sp.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 "
+    "{$0, $1, $2, $3}, {a0, a1, a2, a3}, {$8, $9, $10, $11}, {$12, $13, $14, $15}, $16, META_SEL; }"
+)
+_CONSTRAINTS = "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f,r"
+
+
+@triton.jit
+def _mma_sp(a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, meta, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr):
+    return tl.inline_asm_elementwise(
+        ASM, CONSTRAINTS, [a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, meta],
+        dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=1,
+    )
+
+
+@triton.jit
+def _int4_pair(byte):
+    """Two 4-bit codes of a byte -> the bf16 pair (128 + low, 128 + high) as a uint32."""
+    return (byte & 15) | ((byte & 0xF0) << 12) | 0x43004300
+
+
+@triton.jit
+def _nm24_sp_gemv_kernel(
+    x_ptr, values_ptr, indices_ptr, scales_ptr, bias_ptr, y_ptr,
+    N, K, KEPT, IDX_BYTES, stride_xm, stride_ym, one,
+    INT4: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, META_ROWS: tl.constexpr,
+    ASM: tl.constexpr, CONSTRAINTS: tl.constexpr, num_warps_: tl.constexpr,
+):
+    E: tl.constexpr = 32 * num_warps_
+    CHUNKS_PER_GROUP: tl.constexpr = GROUP // 16 if INT4 else 1
+    e = tl.arange(0, E)
+    lane = e % 32
+    g = lane // 4
+    # ``one`` (= 1 at run time) keeps Triton from proving these addresses contiguous and regrouping elements
+    t = (lane % 4) * one
+    row0 = (tl.program_id(0) * num_warps_ + e // 32) * 16
+    r_lo = tl.minimum(row0 + g, N - 1).to(tl.int64)
+    r_hi = tl.minimum(row0 + g + 8, N - 1).to(tl.int64)
+    if META_ROWS == 0:
+        r_meta = tl.where(t % 2 == 0, r_lo, r_hi)
+    else:
+        r_meta = tl.where(t < 2, r_lo, r_hi)
+    pid_m = tl.program_id(1)
+    x_pairs = x_ptr.to(tl.pointer_type(tl.uint32)) + pid_m.to(tl.int64) * (stride_xm // 2)
+    meta_words = indices_ptr.to(tl.pointer_type(tl.uint32)) + r_meta * (IDX_BYTES // 4)
+    acc_lo = tl.zeros([E], dtype=tl.float32)
+    acc_hi = tl.zeros([E], dtype=tl.float32)
+    d0 = tl.zeros([E], dtype=tl.float32)
+    d1 = tl.zeros([E], dtype=tl.float32)
+    d2 = tl.zeros([E], dtype=tl.float32)
+    d3 = tl.zeros([E], dtype=tl.float32)
+    n_chunks = K // 32
+    for c0 in range(0, n_chunks, CHUNKS_PER_GROUP):
+        if INT4:  # a group's chunks accumulate on the tensor cores, then take the group's scale
+            d0 = tl.zeros([E], dtype=tl.float32)
+            d1 = tl.zeros([E], dtype=tl.float32)
+            d2 = tl.zeros([E], dtype=tl.float32)
+            d3 = tl.zeros([E], dtype=tl.float32)
+        for ci in tl.static_range(CHUNKS_PER_GROUP):
+            c = c0 + ci
+            xb = x_pairs + c * 16 + t
+            b0 = tl.load(xb)
+            b1 = tl.load(xb + 4)
+            b2 = tl.load(xb + 8)
+            b3 = tl.load(xb + 12)
+            if INT4:
+                codes_lo = values_ptr + r_lo * (KEPT // 2) + c * 8 + t
+                codes_hi = values_ptr + r_hi * (KEPT // 2) + c * 8 + t
+                a0 = _int4_pair(tl.load(codes_lo).to(tl.uint32))
+                a1 = _int4_pair(tl.load(codes_hi).to(tl.uint32))
+                a2 = _int4_pair(tl.load(codes_lo + 4).to(tl.uint32))
+                a3 = _int4_pair(tl.load(codes_hi + 4).to(tl.uint32))
+            else:
+                pairs = values_ptr.to(tl.pointer_type(tl.uint32))
+                a0 = tl.load(pairs + r_lo * (KEPT // 2) + c * 8 + t)
+                a1 = tl.load(pairs + r_hi * (KEPT // 2) + c * 8 + t)
+                a2 = tl.load(pairs + r_lo * (KEPT // 2) + c * 8 + t + 4)
+                a3 = tl.load(pairs + r_hi * (KEPT // 2) + c * 8 + t + 4)
+            meta = tl.load(meta_words + c)
+            d0, d1, d2, d3 = _mma_sp(a0, a1, a2, a3, b0, b1, b2, b3, d0, d1, d2, d3, meta, ASM, CONSTRAINTS)
+        if INT4:
+            grp = c0 // CHUNKS_PER_GROUP
+            acc_lo += d0 * tl.load(scales_ptr + r_lo * (KEPT // GROUP) + grp).to(tl.float32)
+            acc_hi += d2 * tl.load(scales_ptr + r_hi * (KEPT // GROUP) + grp).to(tl.float32)
+    if not INT4:  # bf16 values accumulated on the tensor cores over the whole row
+        acc_lo = d0
+        acc_hi = d2
+    rows_lo = row0 + g
+    rows_hi = row0 + g + 8
+    if HAS_BIAS:
+        acc_lo += tl.load(bias_ptr + r_lo).to(tl.float32)
+        acc_hi += tl.load(bias_ptr + r_hi).to(tl.float32)
+    y = y_ptr + pid_m.to(tl.int64) * stride_ym
+    keep = t == 0
+    tl.store(y + rows_lo, acc_lo.to(y_ptr.dtype.element_ty), mask=keep & (rows_lo < N))
+    tl.store(y + rows_hi, acc_hi.to(y_ptr.dtype.element_ty), mask=keep & (rows_hi < N))
+
+
+def sparse_mma_supported(x: torch.Tensor, w: NMWeight) -> bool:
+    """2:4, bf16 values or int4 codes in groups of a multiple of 16, bf16 x, K % 32 == 0, a CUDA GPU of sm_80+."""
+    if not (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 8):
+        return False
+    values_ok = w.value_format == "bf16" or (w.value_format == "int4" and w.group_size % 16 == 0)
+    return (w.n, w.m) == (2, 4) and values_ok and x.dtype == torch.bfloat16 and w.in_features % 32 == 0
+
+
+def nm24_sp_gemv(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None, num_warps: int = 4,
+                 meta_rows: int = 0, meta_sel: int = 0) -> torch.Tensor:
+    """``x [M, K] @ W.T (+ bias) -> [M, N]`` on the sparse tensor cores, one pass over the weight per row of x."""
+    if not sparse_mma_supported(x, w):
+        raise ValueError("the sparse-MMA GEMV needs a 2:4 weight with bf16 values or int4 codes (group size a "
+                         f"multiple of 16), bf16 x, K % 32 == 0 and an sm_80+ GPU; got {w.n}:{w.m} "
+                         f"{w.value_format} g{w.group_size}, {x.dtype}, K={w.in_features}, {x.device}")
+    if x.stride(0) % 2:
+        x = x.contiguous()
+    m = x.shape[0]
+    int4 = w.value_format == "int4"
+    y = torch.empty(m, w.out_features, dtype=x.dtype, device=x.device)
+    grid = (triton.cdiv(w.out_features, 16 * num_warps), m)
+    _nm24_sp_gemv_kernel[grid](
+        x, w.values, w.indices, w.scales if w.scales is not None else w.values, bias if bias is not None else y, y,
+        w.out_features, w.in_features, w.kept_per_row, w.indices.shape[1], x.stride(0), y.stride(0), 1,
+        INT4=int4, GROUP=max(16, w.group_size), HAS_BIAS=bias is not None, META_ROWS=meta_rows,
+        ASM=(_MMA_SP_INT4 if int4 else _MMA_SP).replace("META_SEL", str(meta_sel)), CONSTRAINTS=_CONSTRAINTS,
+        num_warps_=num_warps, num_warps=num_warps,
+    )
+    return y

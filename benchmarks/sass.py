@@ -101,10 +101,10 @@ def _nm24sp(args):
     int4 = args.values == "int4"
     sig = dict(x_ptr="*bf16", values_ptr="*u8" if int4 else "*bf16", indices_ptr="*u8", scales_ptr="*fp16",
                bias_ptr="*bf16", y_ptr="*bf16", N="i32", K="i32", KEPT="i32", IDX_BYTES="i32", stride_xm="i32",
-               stride_ym="i32", one="i32", INT4="constexpr", GROUP="constexpr", HAS_BIAS="constexpr",
-               META_ROWS="constexpr", ASM="constexpr", CONSTRAINTS="constexpr", num_warps_="constexpr")
-    const = dict(INT4=int4, GROUP=128, HAS_BIAS=False, META_ROWS=0,
-                 ASM=(sm._MMA_SP_INT4 if int4 else sm._MMA_SP).replace("META_SEL", "0"),
+               stride_ym="i32", one="i32", CHUNKS_PER_SPLIT="i32", INT4="constexpr", GROUP="constexpr",
+               HAS_BIAS="constexpr", ASM="constexpr", CONSTRAINTS="constexpr", num_warps_="constexpr")
+    const = dict(INT4=int4, GROUP=128, HAS_BIAS=False,
+                 ASM=sm._MMA_SP_INT4 if int4 else sm._MMA_SP,
                  CONSTRAINTS=sm._CONSTRAINTS, num_warps_=args.warps)
     div = ["x_ptr", "values_ptr", "indices_ptr", "scales_ptr", "bias_ptr", "y_ptr", "K", "KEPT", "IDX_BYTES",
            "stride_xm", "stride_ym"]

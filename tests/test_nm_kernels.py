@@ -105,3 +105,26 @@ def test_cuda_dispatch_every_batch(batch):
     w = _weight(96, 256, 2, 4, "int4", 16)
     x = torch.randn(batch, 256, device=DEVICE, dtype=torch.bfloat16)
     assert_close(nm_linear(x, w).float(), nm_linear_reference(x.float(), w), torch.bfloat16)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="inline PTX (mma.sp) runs on the GPU only, not in the interpreter")
+@pytest.mark.parametrize("values, group", [("bf16", 0), ("int4", 16), ("int4", 128)], ids=lambda v: str(v))
+def test_sparse_tensor_core_gemv_matches_reference(values, group):
+    """The experimental mma.sp GEMV: our positions words map onto the instruction's metadata exactly."""
+    from sparseflow.kernels.nm.sparse_mma import nm24_sp_gemv
+
+    w = _weight(70, 32 * 16, 2, 4, values, group, seed=5)  # 70 rows: a partial 16-row warp tile
+    x = torch.randn(3, 32 * 16, device=DEVICE, dtype=torch.bfloat16)
+    bias = torch.randn(70, device=DEVICE, dtype=torch.bfloat16)
+    for warps_total in (64, 8192):  # one K split per warp, and K split across many programs
+        y = nm24_sp_gemv(x, w, bias, warps_total=warps_total)
+        assert_close(y.float(), nm_linear_reference(x.float(), w, bias.float()), torch.bfloat16,
+                     name=f"mma.sp {values}")
+
+
+def test_sparse_tensor_core_gemv_refuses_what_it_cannot_run():
+    from sparseflow.kernels.nm.sparse_mma import nm24_sp_gemv
+
+    with pytest.raises(ValueError, match="sparse-MMA"):
+        nm24_sp_gemv(torch.randn(1, 64, device=DEVICE, dtype=torch.float16), _weight(4, 64, 2, 4, "bf16", 0))
+

@@ -9,13 +9,22 @@ inputs (one ``mma.sp.m16n8k32``) at a time:
   2t, 2t+1 and 2t+8, 2t+9 of rows g and g+8, i.e. straight 32-bit pairs of the ``sparse_nm`` values array
   (bf16), or two bytes of int4 codes widened to bf16 pairs ``128 + q'`` by a LOP3 and shifted to ``q' - 8``
   exactly in the asm;
-* the metadata: our 2-bit positions of a row's 16 kept values are one 32-bit word in exactly the order the
-  instruction wants (block i's two positions at bits 4i..4i+3); lanes with t = 0 / 1 supply rows g / g+8;
+* the metadata (sparsity selector 0: lanes t = 0 and 1 supply it): our 2-bit positions of a row's 16 kept
+  values are one 32-bit word, k 0..15 in the low half and 16..31 in the high half; lane t supplies half t
+  of row g in its low 16 bits and half t of row g+8 in its high 16 bits (found on the H200: the other
+  arrangements tried gave wrong products);
 * B (x, 32 inputs x 8 columns): every column is the same x, so every lane loads its four pairs (inputs 2t, 2t+1
   + 8r) and all eight output columns are equal; lane t = 0 keeps column 0.
 
 Integer codes take their group's scale after the group's chunks (``GROUP`` a multiple of 16 kept values).
 GPU only: the Triton interpreter cannot run PTX; ``sparse_mma_supported`` says when it applies.
+
+Status: correct on the H200 (bf16 and int4 values, against the reference), but **not dispatched to**: it is
+slower than the CUDA-core 2:4 GEMV (28672x8192, M=1: 0.12 ms int4 / 0.14 ms bf16, against 0.078 / 0.067),
+because every lane's loads are small and scattered over 16 rows (one byte of codes, one word of x, two
+metadata words per chunk), so the load units, not the math, set the time. What it proves is the fragment and
+metadata mapping of our format onto ``mma.sp``; making it fast needs a load-time repack of the weight into
+fragment order (16-byte loads per lane), which is the next step for the 2:4 + int4 decode target.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from .format import NMWeight
 
 _MMA_SP = (
     "mma.sp.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 "
-    "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9, $10, $11}, {$12, $13, $14, $15}, $16, META_SEL;"
+    "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9, $10, $11}, {$12, $13, $14, $15}, $16, 0x0;"
 )
 # int4 codes arrive as bf16 pairs 128 + q' (q' = q + 8); one fma per pair makes them q exactly (-8..7)
 _MMA_SP_INT4 = (
@@ -36,7 +45,7 @@ _MMA_SP_INT4 = (
     "fma.rn.bf16x2 a0, $4, one, off; fma.rn.bf16x2 a1, $5, one, off; "
     "fma.rn.bf16x2 a2, $6, one, off; fma.rn.bf16x2 a3, $7, one, off; "
     "mma.sp.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 "
-    "{$0, $1, $2, $3}, {a0, a1, a2, a3}, {$8, $9, $10, $11}, {$12, $13, $14, $15}, $16, META_SEL; }"
+    "{$0, $1, $2, $3}, {a0, a1, a2, a3}, {$8, $9, $10, $11}, {$12, $13, $14, $15}, $16, 0x0; }"
 )
 _CONSTRAINTS = "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f,r"
 
@@ -58,8 +67,8 @@ def _int4_pair(byte):
 @triton.jit
 def _nm24_sp_gemv_kernel(
     x_ptr, values_ptr, indices_ptr, scales_ptr, bias_ptr, y_ptr,
-    N, K, KEPT, IDX_BYTES, stride_xm, stride_ym, one,
-    INT4: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, META_ROWS: tl.constexpr,
+    N, K, KEPT, IDX_BYTES, stride_xm, stride_ym, one, CHUNKS_PER_SPLIT,
+    INT4: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
     ASM: tl.constexpr, CONSTRAINTS: tl.constexpr, num_warps_: tl.constexpr,
 ):
     E: tl.constexpr = 32 * num_warps_
@@ -72,21 +81,22 @@ def _nm24_sp_gemv_kernel(
     row0 = (tl.program_id(0) * num_warps_ + e // 32) * 16
     r_lo = tl.minimum(row0 + g, N - 1).to(tl.int64)
     r_hi = tl.minimum(row0 + g + 8, N - 1).to(tl.int64)
-    if META_ROWS == 0:
-        r_meta = tl.where(t % 2 == 0, r_lo, r_hi)
-    else:
-        r_meta = tl.where(t < 2, r_lo, r_hi)
-    pid_m = tl.program_id(1)
+    pid_s = tl.program_id(1)
+    pid_m = tl.program_id(2)
     x_pairs = x_ptr.to(tl.pointer_type(tl.uint32)) + pid_m.to(tl.int64) * (stride_xm // 2)
-    meta_words = indices_ptr.to(tl.pointer_type(tl.uint32)) + r_meta * (IDX_BYTES // 4)
+    idx_words = indices_ptr.to(tl.pointer_type(tl.uint32))
+    meta_lo = idx_words + r_lo * (IDX_BYTES // 4)
+    meta_hi = idx_words + r_hi * (IDX_BYTES // 4)
+    half = ((t & 1) * 16).to(tl.uint32)
     acc_lo = tl.zeros([E], dtype=tl.float32)
     acc_hi = tl.zeros([E], dtype=tl.float32)
     d0 = tl.zeros([E], dtype=tl.float32)
     d1 = tl.zeros([E], dtype=tl.float32)
     d2 = tl.zeros([E], dtype=tl.float32)
     d3 = tl.zeros([E], dtype=tl.float32)
-    n_chunks = K // 32
-    for c0 in range(0, n_chunks, CHUNKS_PER_GROUP):
+    c_begin = pid_s * CHUNKS_PER_SPLIT
+    c_end = tl.minimum(c_begin + CHUNKS_PER_SPLIT, K // 32)
+    for c0 in range(c_begin, c_end, CHUNKS_PER_GROUP):
         if INT4:  # a group's chunks accumulate on the tensor cores, then take the group's scale
             d0 = tl.zeros([E], dtype=tl.float32)
             d1 = tl.zeros([E], dtype=tl.float32)
@@ -112,7 +122,11 @@ def _nm24_sp_gemv_kernel(
                 a1 = tl.load(pairs + r_hi * (KEPT // 2) + c * 8 + t)
                 a2 = tl.load(pairs + r_lo * (KEPT // 2) + c * 8 + t + 4)
                 a3 = tl.load(pairs + r_hi * (KEPT // 2) + c * 8 + t + 4)
-            meta = tl.load(meta_words + c)
+            # a row's 32 positions bits of the chunk are k 0..15 (low half) and 16..31 (high half); the
+            # instruction wants, per supplying lane, one k half of both its rows: row g low, row g + 8 high
+            m_lo = (tl.load(meta_lo + c).to(tl.uint32, bitcast=True) >> half) & 0xFFFF
+            m_hi = (tl.load(meta_hi + c).to(tl.uint32, bitcast=True) >> half) & 0xFFFF
+            meta = m_lo | (m_hi << 16)
             d0, d1, d2, d3 = _mma_sp(a0, a1, a2, a3, b0, b1, b2, b3, d0, d1, d2, d3, meta, ASM, CONSTRAINTS)
         if INT4:
             grp = c0 // CHUNKS_PER_GROUP
@@ -124,12 +138,14 @@ def _nm24_sp_gemv_kernel(
     rows_lo = row0 + g
     rows_hi = row0 + g + 8
     if HAS_BIAS:
-        acc_lo += tl.load(bias_ptr + r_lo).to(tl.float32)
-        acc_hi += tl.load(bias_ptr + r_hi).to(tl.float32)
+        if pid_s == 0:
+            acc_lo += tl.load(bias_ptr + r_lo).to(tl.float32)
+            acc_hi += tl.load(bias_ptr + r_hi).to(tl.float32)
+    # K is split across programs (a warp walking all of K alone leaves the GPU idle): fp32 atomics into y
     y = y_ptr + pid_m.to(tl.int64) * stride_ym
     keep = t == 0
-    tl.store(y + rows_lo, acc_lo.to(y_ptr.dtype.element_ty), mask=keep & (rows_lo < N))
-    tl.store(y + rows_hi, acc_hi.to(y_ptr.dtype.element_ty), mask=keep & (rows_hi < N))
+    tl.atomic_add(y + rows_lo, acc_lo, mask=keep & (rows_lo < N), sem="relaxed")
+    tl.atomic_add(y + rows_hi, acc_hi, mask=keep & (rows_hi < N), sem="relaxed")
 
 
 def sparse_mma_supported(x: torch.Tensor, w: NMWeight) -> bool:
@@ -141,7 +157,7 @@ def sparse_mma_supported(x: torch.Tensor, w: NMWeight) -> bool:
 
 
 def nm24_sp_gemv(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None, num_warps: int = 4,
-                 meta_rows: int = 0, meta_sel: int = 0) -> torch.Tensor:
+                 warps_total: int = 8192) -> torch.Tensor:
     """``x [M, K] @ W.T (+ bias) -> [M, N]`` on the sparse tensor cores, one pass over the weight per row of x."""
     if not sparse_mma_supported(x, w):
         raise ValueError("the sparse-MMA GEMV needs a 2:4 weight with bf16 values or int4 codes (group size a "
@@ -151,13 +167,19 @@ def nm24_sp_gemv(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None,
         x = x.contiguous()
     m = x.shape[0]
     int4 = w.value_format == "int4"
-    y = torch.empty(m, w.out_features, dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(w.out_features, 16 * num_warps), m)
+    y = torch.zeros(m, w.out_features, dtype=torch.float32, device=x.device)
+    n_chunks = w.in_features // 32
+    per_group = max(16, w.group_size) // 16 if int4 else 1
+    row_programs = triton.cdiv(w.out_features, 16 * num_warps)
+    split = max(1, min(n_chunks // per_group, warps_total // (row_programs * num_warps)))
+    chunks_per_split = triton.cdiv(triton.cdiv(n_chunks, split), per_group) * per_group
+    grid = (row_programs, triton.cdiv(n_chunks, chunks_per_split), m)
     _nm24_sp_gemv_kernel[grid](
         x, w.values, w.indices, w.scales if w.scales is not None else w.values, bias if bias is not None else y, y,
         w.out_features, w.in_features, w.kept_per_row, w.indices.shape[1], x.stride(0), y.stride(0), 1,
-        INT4=int4, GROUP=max(16, w.group_size), HAS_BIAS=bias is not None, META_ROWS=meta_rows,
-        ASM=(_MMA_SP_INT4 if int4 else _MMA_SP).replace("META_SEL", str(meta_sel)), CONSTRAINTS=_CONSTRAINTS,
+        chunks_per_split,
+        INT4=int4, GROUP=max(16, w.group_size), HAS_BIAS=bias is not None,
+        ASM=_MMA_SP_INT4 if int4 else _MMA_SP, CONSTRAINTS=_CONSTRAINTS,
         num_warps_=num_warps, num_warps=num_warps,
     )
-    return y
+    return y.to(x.dtype)

@@ -128,3 +128,47 @@ def test_sparse_tensor_core_gemv_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="sparse-MMA"):
         nm24_sp_gemv(torch.randn(1, 64, device=DEVICE, dtype=torch.float16), _weight(4, 64, 2, 4, "bf16", 0))
 
+
+def test_int4_packing_puts_each_lanes_bytes_where_the_kernel_reads_them():
+    """The packed copy for the sparse tensor cores, checked against the fragment rules on CPU: lane (g, t) of
+    tile T, chunk c reads code bytes t and t+4 of rows 16T+g and 16T+g+8, and (t < 2) k-half t of both rows'
+    positions word. 21 rows: the second tile is padded."""
+    from sparseflow.kernels.nm.sparse_mma import pack_int4_for_sparse_mma
+
+    w = _weight(21, 256, 2, 4, "int4", 64, seed=6).to("cpu")
+    packed = pack_int4_for_sparse_mma(w)
+    codes = packed["codes"].view(torch.uint8).view(2, 2, 32, 4, 4)  # [tile, step, lane, chunk, byte]
+    meta = packed["meta"].view(2, 2, 16, 4)
+    values = torch.nn.functional.pad(w.values, (0, 0, 0, 11), value=0x88).view(32, 8, 8)  # [row, chunk, byte]
+    words = torch.nn.functional.pad(w.indices.view(torch.int32), (0, 0, 0, 11), value=0x44444444)
+    words = words.to(torch.int64) & 0xFFFFFFFF
+    for tile in range(2):
+        for c in range(8):
+            for g in range(8):
+                lo, hi = tile * 16 + g, tile * 16 + g + 8
+                for t in range(4):
+                    expect = [values[lo, c, t], values[hi, c, t], values[lo, c, t + 4], values[hi, c, t + 4]]
+                    got = codes[tile, c // 4, g * 4 + t, c % 4]
+                    assert got.tolist() == [int(v) for v in expect], (tile, c, g, t)
+                for t in range(2):
+                    half_lo = (int(words[lo, c]) >> (16 * t)) & 0xFFFF
+                    want = half_lo | (((int(words[hi, c]) >> (16 * t)) & 0xFFFF) << 16)
+                    assert int(meta[tile, c // 4, g * 2 + t, c % 4]) & 0xFFFFFFFF == want, (tile, c, g, t)
+    with pytest.raises(ValueError, match="2:4 int4"):
+        pack_int4_for_sparse_mma(_weight(16, 256, 2, 4, "bf16", 0).to("cpu"))
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="inline PTX (mma.sp) runs on the GPU only, not in the interpreter")
+@pytest.mark.parametrize("group", [64, 128])
+def test_packed_sparse_tensor_core_gemv_matches_reference(group):
+    from sparseflow.kernels.nm.sparse_mma import nm24_sp_packed_gemv, pack_int4_for_sparse_mma
+
+    w = _weight(70, 512, 2, 4, "int4", group, seed=7)
+    x = torch.randn(3, 512, device=DEVICE, dtype=torch.bfloat16)
+    bias = torch.randn(70, device=DEVICE, dtype=torch.bfloat16)
+    packed = pack_int4_for_sparse_mma(w)
+    for warps_total in (64, 8192):
+        y = nm24_sp_packed_gemv(x, w, packed, bias, warps_total=warps_total)
+        assert_close(y.float(), nm_linear_reference(x.float(), w, bias.float()), torch.bfloat16,
+                     name=f"packed mma.sp g{group}")
+

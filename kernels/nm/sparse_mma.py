@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from .format import NMWeight
+from .triton_kernels import _split4
 
 _MMA_SP = (
     "mma.sp.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 "
@@ -182,4 +183,132 @@ def nm24_sp_gemv(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None,
         ASM=_MMA_SP_INT4 if int4 else _MMA_SP, CONSTRAINTS=_CONSTRAINTS,
         num_warps_=num_warps, num_warps=num_warps,
     )
+    return y.to(x.dtype)
+
+
+# --- int4 codes repacked into fragment order: 16-byte loads per lane ------------------------------------------
+
+PACK_CHUNKS = 4  # 32-input chunks per lane load: 4 x 4 bytes of codes, 4 x 4 bytes of metadata
+_PAD_META = 0x44444444  # positions (0, 1) in every block: a valid pattern for padded rows (codes there are 0)
+
+
+def pack_int4_for_sparse_mma(w: NMWeight) -> dict[str, torch.Tensor]:
+    """Kernel-private copy of a 2:4 int4 weight in ``mma.sp`` fragment order (rows padded to 16, K % 128 == 0).
+
+    ``codes [T, K/128, 32 lanes, 4]`` int32: per 16-row tile, 4-chunk step and lane (g, t), one word per chunk
+    holding code bytes t and t+4 of rows g and g+8 (order: row g byte t, row g+8 byte t, row g byte t+4, row
+    g+8 byte t+4); ``meta [T, K/128, 16, 4]`` int32: per lane (g, t < 2), chunk c, the metadata word (k-half t
+    of row g in the low 16 bits, of row g+8 in the high 16); ``scales [T*16, K/2/group]`` padded.
+    A derived layout (like Marlin's), rebuilt from ``w`` whenever needed; the checkpoint format is unchanged."""
+    if (w.n, w.m, w.value_format) != (2, 4, "int4") or w.in_features % 128 or w.group_size % 64:
+        raise ValueError("packing for the sparse tensor cores needs a 2:4 int4 weight, K % 128 == 0 and a group "
+                         f"size that is a multiple of 64; got {w.n}:{w.m} {w.value_format} K={w.in_features} "
+                         f"g{w.group_size}")
+    n, k = w.out_features, w.in_features
+    n_pad = -n % 16
+    tiles = (n + n_pad) // 16
+    chunks = k // 32
+    codes = torch.nn.functional.pad(w.values.view(n, chunks, 8), (0, 0, 0, 0, 0, n_pad), value=0x88)
+    half = codes.view(tiles, 2, 8, chunks, 8)  # [tile, lo/hi, g, chunk, byte]
+    lo, hi = half[:, 0], half[:, 1]
+    words = torch.stack([lo[..., :4], hi[..., :4], lo[..., 4:], hi[..., 4:]], dim=-1)  # [T, g, c, t, 4 bytes]
+    words = words.view(tiles, 8, chunks // PACK_CHUNKS, PACK_CHUNKS, 4, 4).permute(0, 2, 1, 4, 3, 5)
+    codes_packed = words.contiguous().view(torch.int32).view(tiles, chunks // PACK_CHUNKS, 32, PACK_CHUNKS)
+    idx = w.indices.view(torch.int32).view(n, chunks)
+    idx = torch.nn.functional.pad(idx, (0, 0, 0, n_pad), value=_PAD_META)
+    idx = idx.view(tiles, 2, 8, chunks).to(torch.int64) & 0xFFFFFFFF
+    meta = torch.stack([(idx[:, 0] & 0xFFFF) | ((idx[:, 1] & 0xFFFF) << 16),
+                        (idx[:, 0] >> 16) | ((idx[:, 1] >> 16) << 16)], dim=-1)  # [T, g, c, t2]
+    meta = meta.view(tiles, 8, chunks // PACK_CHUNKS, PACK_CHUNKS, 2).permute(0, 2, 1, 4, 3)
+    meta = torch.where(meta >= 2**31, meta - 2**32, meta).to(torch.int32).contiguous()
+    scales = torch.nn.functional.pad(w.scales, (0, 0, 0, n_pad))
+    return {"codes": codes_packed, "meta": meta.view(tiles, chunks // PACK_CHUNKS, 16, PACK_CHUNKS),
+            "scales": scales}
+
+
+@triton.jit
+def _nm24_sp_packed_kernel(
+    x_ptr, codes_ptr, meta_ptr, scales_ptr, y_ptr,
+    N, K, stride_xm, stride_ym, one, STEPS_PER_SPLIT,
+    GROUP: tl.constexpr, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr, num_warps_: tl.constexpr,
+):
+    """``_nm24_sp_gemv_kernel`` for int4 codes in the packed layout (``pack_int4_for_sparse_mma``): each lane
+    reads its codes and metadata for 4 chunks in one 16-byte load each."""
+    E: tl.constexpr = 32 * num_warps_
+    STEPS_PER_GROUP: tl.constexpr = GROUP // 64  # 4-chunk steps per scale group
+    e = tl.arange(0, E)
+    lane = e % 32
+    g = lane // 4
+    t = (lane % 4) * one
+    tile = tl.program_id(0) * num_warps_ + e // 32
+    tiles = tl.cdiv(N, 16)
+    tile_c = tl.minimum(tile, tiles - 1).to(tl.int64)
+    r_lo = tile_c * 16 + g
+    r_hi = r_lo + 8
+    pid_s = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    x_pairs = x_ptr.to(tl.pointer_type(tl.uint32)) + pid_m.to(tl.int64) * (stride_xm // 2)
+    steps = K // 128
+    codes_lane = codes_ptr + (tile_c * steps * 32 + lane) * 4
+    meta_lane = meta_ptr + (tile_c * steps * 16 + g * 2 + t % 2) * 4
+    q4 = tl.arange(0, 4)[None, :]
+    acc_lo = tl.zeros([E], dtype=tl.float32)
+    acc_hi = tl.zeros([E], dtype=tl.float32)
+    s_begin = pid_s * STEPS_PER_SPLIT
+    s_end = tl.minimum(s_begin + STEPS_PER_SPLIT, steps)
+    for s0 in range(s_begin, s_end, STEPS_PER_GROUP):
+        d0 = tl.zeros([E], dtype=tl.float32)
+        d1 = tl.zeros([E], dtype=tl.float32)
+        d2 = tl.zeros([E], dtype=tl.float32)
+        d3 = tl.zeros([E], dtype=tl.float32)
+        for si in tl.static_range(STEPS_PER_GROUP):
+            step = s0 + si
+            cw = tl.load(codes_lane[:, None] + step * 128 + q4)
+            mw = tl.load(meta_lane[:, None] + step * 64 + q4)
+            cws = _split4(cw)
+            mws = _split4(mw)
+            for ci in tl.static_range(4):
+                c = step * 4 + ci
+                xb = x_pairs + c * 16 + t
+                word = cws[ci].to(tl.uint32, bitcast=True)
+                a0 = _int4_pair(word & 0xFF)
+                a1 = _int4_pair((word >> 8) & 0xFF)
+                a2 = _int4_pair((word >> 16) & 0xFF)
+                a3 = _int4_pair(word >> 24)
+                d0, d1, d2, d3 = _mma_sp(a0, a1, a2, a3, tl.load(xb), tl.load(xb + 4), tl.load(xb + 8),
+                                         tl.load(xb + 12), d0, d1, d2, d3, mws[ci].to(tl.uint32, bitcast=True),
+                                         ASM, CONSTRAINTS)
+        grp = s0 // STEPS_PER_GROUP
+        acc_lo += d0 * tl.load(scales_ptr + r_lo * (K // 2 // GROUP) + grp).to(tl.float32)
+        acc_hi += d2 * tl.load(scales_ptr + r_hi * (K // 2 // GROUP) + grp).to(tl.float32)
+    rows_lo = tile * 16 + g
+    rows_hi = rows_lo + 8
+    y = y_ptr + pid_m.to(tl.int64) * stride_ym
+    keep = (t == 0) & (tile < tiles)
+    tl.atomic_add(y + rows_lo, acc_lo, mask=keep & (rows_lo < N), sem="relaxed")
+    tl.atomic_add(y + rows_hi, acc_hi, mask=keep & (rows_hi < N), sem="relaxed")
+
+
+def nm24_sp_packed_gemv(x: torch.Tensor, w: NMWeight, packed: dict[str, torch.Tensor],
+                        bias: torch.Tensor | None = None, num_warps: int = 4, warps_total: int = 8192) -> torch.Tensor:
+    """``x [M, K] @ W.T (+ bias)`` for a 2:4 int4 weight from its packed copy (``pack_int4_for_sparse_mma``)."""
+    if x.dtype != torch.bfloat16 or not x.is_cuda:
+        raise ValueError(f"the packed sparse-MMA GEMV reads bf16 x on a GPU, got {x.dtype} on {x.device}")
+    if x.stride(0) % 2:
+        x = x.contiguous()
+    m = x.shape[0]
+    steps = w.in_features // 128
+    per_group = w.group_size // 64
+    y = torch.zeros(m, w.out_features, dtype=torch.float32, device=x.device)
+    programs = triton.cdiv(triton.cdiv(w.out_features, 16), num_warps)
+    split = max(1, min(steps // per_group, warps_total // (programs * num_warps)))
+    steps_per_split = triton.cdiv(triton.cdiv(steps, split), per_group) * per_group
+    grid = (programs, triton.cdiv(steps, steps_per_split), m)
+    _nm24_sp_packed_kernel[grid](
+        x, packed["codes"], packed["meta"], packed["scales"], y, w.out_features, w.in_features, x.stride(0),
+        y.stride(0), 1, steps_per_split, GROUP=w.group_size, ASM=_MMA_SP_INT4, CONSTRAINTS=_CONSTRAINTS,
+        num_warps_=num_warps, num_warps=num_warps,
+    )
+    if bias is not None:
+        y += bias.float()
     return y.to(x.dtype)

@@ -19,6 +19,7 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
     import torch.nn.functional as F
     from sparseflow.kernels.gqsa import gqsa_linear, prepare_for_kernels, quantize_rtn
     from sparseflow.kernels.nm import from_dense, nm_linear, nm_linear_reference
+    from sparseflow.kernels.nm import prepare_for_kernels as prepare_nm
     from sparseflow.kernels.testing import rel_error
 
     from sparseflow.compressors.baselines import nm_prune
@@ -30,6 +31,9 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
     formats = {"nm 2:4 bf16": from_dense(pruned, 2, 4, "bf16"),
                "nm 2:4 int4 g128": from_dense(pruned, 2, 4, "int4", 128)}
     pools = {name: rotating(w, w.storage_bytes()) for name, w in formats.items()}
+    for pool in pools.values():
+        for p in pool:
+            prepare_nm(p)  # int4: the copy packed for the sparse tensor cores
     try:
         from torch.sparse import to_sparse_semi_structured
 
@@ -64,7 +68,7 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
             ms = time_graph_ms([lambda p=p: nm_linear(x, p) for p in pool])
             rows.append(Row(case, name, ms, w.storage_bytes() + io, flops, note=f"err {err:.1e}",
                             extra={"rel_err_vs_reference": err, "bits_per_weight": w.bits_per_weight()}))
-            if m == 1:
+            if m == 1 and name == "nm 2:4 bf16":
                 from sparseflow.kernels.nm.triton_kernels import nm24_gemv
 
                 for block_r, block_u, warps in SWEEP_24:

@@ -164,11 +164,12 @@ def test_packed_sparse_tensor_core_gemv_matches_reference(group):
     from sparseflow.kernels.nm.sparse_mma import nm24_sp_packed_gemv, pack_int4_for_sparse_mma
 
     w = _weight(70, 512, 2, 4, "int4", group, seed=7)
-    x = torch.randn(3, 512, device=DEVICE, dtype=torch.bfloat16)
     bias = torch.randn(70, device=DEVICE, dtype=torch.bfloat16)
     packed = pack_int4_for_sparse_mma(w)
-    for warps_total in (64, 8192):
-        y = nm24_sp_packed_gemv(x, w, packed, bias, warps_total=warps_total)
-        assert_close(y.float(), nm_linear_reference(x.float(), w, bias.float()), torch.bfloat16,
-                     name=f"packed mma.sp g{group}")
+    for batch in (1, 3, 8, 11):  # x rows ride in B's 8 columns: partial, full, and a second pass
+        x = torch.randn(batch, 512, device=DEVICE, dtype=torch.bfloat16)
+        for warps_total in (64, 8192):
+            y = nm24_sp_packed_gemv(x, w, packed, bias, warps_total=warps_total)
+            assert_close(y.float(), nm_linear_reference(x.float(), w, bias.float()), torch.bfloat16,
+                         name=f"packed mma.sp g{group} M={batch}")
 

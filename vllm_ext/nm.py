@@ -10,7 +10,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from sparseflow.kernels.nm import FORMAT_NAME, NMCheckpointConfig, NMWeight, nm_linear, tensor_names
+from sparseflow.kernels.nm import (
+    FORMAT_NAME,
+    NMCheckpointConfig,
+    NMWeight,
+    nm_linear,
+    prepare_for_kernels,
+    tensor_names,
+)
 from sparseflow.kernels.nm.format import FLOAT_VALUES, INT_VALUES
 
 from ._collected import CollectedLinearMethod, CollectedQuantConfig
@@ -40,6 +47,9 @@ class NMLinearMethod(CollectedLinearMethod):
         c = self.checkpoint
         return NMWeight(layer.values, layer.indices, getattr(layer, "scales", None), layer.sf_in_features, c.n, c.m,
                         c.value_format, c.group_size)
+
+    def after_loading(self, layer: torch.nn.Module) -> None:
+        prepare_for_kernels(self.weight(layer))  # the sparse-tensor-core copy, before CUDA-graph capture
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return nm_linear(x, self.weight(layer), bias)

@@ -19,15 +19,20 @@ inputs (one ``mma.sp.m16n8k32``) at a time:
 Integer codes take their group's scale after the group's chunks (``GROUP`` a multiple of 16 kept values).
 GPU only: the Triton interpreter cannot run PTX; ``sparse_mma_supported`` says when it applies.
 
-Status: correct on the H200 (bf16 and int4 values, against the reference), but **not dispatched to**: it is
-slower than the CUDA-core 2:4 GEMV (28672x8192, M=1: 0.12 ms int4 / 0.14 ms bf16, against 0.078 / 0.067),
-because every lane's loads are small and scattered over 16 rows (one byte of codes, one word of x, two
-metadata words per chunk), so the load units, not the math, set the time. What it proves is the fragment and
-metadata mapping of our format onto ``mma.sp``; making it fast needs a load-time repack of the weight into
-fragment order (16-byte loads per lane), which is the next step for the 2:4 + int4 decode target.
+Two kernels. ``_nm24_sp_gemv_kernel`` reads the ``sparse_nm`` arrays as stored; it is correct on the H200
+but **not dispatched to**: it is slower than the CUDA-core 2:4 GEMV (28672x8192, M=1: 0.12 ms int4 / 0.14
+ms bf16, against 0.078 / 0.067), because each lane's loads are small and scattered over 16 rows (a byte of
+codes, a word of x, two metadata words per chunk), so the load units, not the math, set the time. It
+proves the fragment and metadata mapping of our format onto ``mma.sp``. ``_nm24_sp_packed_kernel`` reads
+int4 2:4 weights from a copy repacked into fragment order (``pack_int4_for_sparse_mma``: one 16-byte load
+of codes and one of metadata per lane per 4 chunks) and is what ``nm_linear`` runs at small M once
+``prepare_for_kernels`` made the copy (H200, 28672x8192, M=1: 0.039 ms, 3.4x dense bf16, twice as fast as
+the CUDA-core GEMV).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import triton
@@ -229,11 +234,13 @@ def pack_int4_for_sparse_mma(w: NMWeight) -> dict[str, torch.Tensor]:
 @triton.jit
 def _nm24_sp_packed_kernel(
     x_ptr, codes_ptr, meta_ptr, scales_ptr, y_ptr,
-    N, K, stride_xm, stride_ym, one, STEPS_PER_SPLIT,
+    N, K, M, stride_xm, stride_ym, one, STEPS_PER_SPLIT,
     GROUP: tl.constexpr, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr, num_warps_: tl.constexpr,
 ):
     """``_nm24_sp_gemv_kernel`` for int4 codes in the packed layout (``pack_int4_for_sparse_mma``): each lane
-    reads its codes and metadata for 4 chunks in one 16-byte load each."""
+    reads its codes and metadata for 4 chunks in one 16-byte load each. The 8 columns of B carry up to 8 rows
+    of x (lane group g loads row g), so a batch of up to 8 costs one pass over the weight; lane t writes
+    output columns 2t and 2t+1."""
     E: tl.constexpr = 32 * num_warps_
     STEPS_PER_GROUP: tl.constexpr = GROUP // 64  # 4-chunk steps per scale group
     e = tl.arange(0, E)
@@ -246,14 +253,17 @@ def _nm24_sp_packed_kernel(
     r_lo = tile_c * 16 + g
     r_hi = r_lo + 8
     pid_s = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    x_pairs = x_ptr.to(tl.pointer_type(tl.uint32)) + pid_m.to(tl.int64) * (stride_xm // 2)
+    m0 = tl.program_id(2) * 8
+    x_row = tl.minimum(m0 + g, M - 1).to(tl.int64)  # B column g; columns past M repeat the last row
+    x_pairs = x_ptr.to(tl.pointer_type(tl.uint32)) + x_row * (stride_xm // 2)
     steps = K // 128
     codes_lane = codes_ptr + (tile_c * steps * 32 + lane) * 4
     meta_lane = meta_ptr + (tile_c * steps * 16 + g * 2 + t % 2) * 4
     q4 = tl.arange(0, 4)[None, :]
-    acc_lo = tl.zeros([E], dtype=tl.float32)
-    acc_hi = tl.zeros([E], dtype=tl.float32)
+    acc0 = tl.zeros([E], dtype=tl.float32)  # (row g, x row 2t)
+    acc1 = tl.zeros([E], dtype=tl.float32)  # (row g, x row 2t+1)
+    acc2 = tl.zeros([E], dtype=tl.float32)  # (row g+8, x row 2t)
+    acc3 = tl.zeros([E], dtype=tl.float32)  # (row g+8, x row 2t+1)
     s_begin = pid_s * STEPS_PER_SPLIT
     s_end = tl.minimum(s_begin + STEPS_PER_SPLIT, steps)
     for s0 in range(s_begin, s_end, STEPS_PER_GROUP):
@@ -263,13 +273,10 @@ def _nm24_sp_packed_kernel(
         d3 = tl.zeros([E], dtype=tl.float32)
         for si in tl.static_range(STEPS_PER_GROUP):
             step = s0 + si
-            cw = tl.load(codes_lane[:, None] + step * 128 + q4)
-            mw = tl.load(meta_lane[:, None] + step * 64 + q4)
-            cws = _split4(cw)
-            mws = _split4(mw)
+            cws = _split4(tl.load(codes_lane[:, None] + step * 128 + q4))
+            mws = _split4(tl.load(meta_lane[:, None] + step * 64 + q4))
             for ci in tl.static_range(4):
-                c = step * 4 + ci
-                xb = x_pairs + c * 16 + t
+                xb = x_pairs + (step * 4 + ci) * 16 + t
                 word = cws[ci].to(tl.uint32, bitcast=True)
                 a0 = _int4_pair(word & 0xFF)
                 a1 = _int4_pair((word >> 8) & 0xFF)
@@ -279,19 +286,29 @@ def _nm24_sp_packed_kernel(
                                          tl.load(xb + 12), d0, d1, d2, d3, mws[ci].to(tl.uint32, bitcast=True),
                                          ASM, CONSTRAINTS)
         grp = s0 // STEPS_PER_GROUP
-        acc_lo += d0 * tl.load(scales_ptr + r_lo * (K // 2 // GROUP) + grp).to(tl.float32)
-        acc_hi += d2 * tl.load(scales_ptr + r_hi * (K // 2 // GROUP) + grp).to(tl.float32)
+        s_lo = tl.load(scales_ptr + r_lo * (K // 2 // GROUP) + grp).to(tl.float32)
+        s_hi = tl.load(scales_ptr + r_hi * (K // 2 // GROUP) + grp).to(tl.float32)
+        acc0 += d0 * s_lo
+        acc1 += d1 * s_lo
+        acc2 += d2 * s_hi
+        acc3 += d3 * s_hi
     rows_lo = tile * 16 + g
     rows_hi = rows_lo + 8
-    y = y_ptr + pid_m.to(tl.int64) * stride_ym
-    keep = (t == 0) & (tile < tiles)
-    tl.atomic_add(y + rows_lo, acc_lo, mask=keep & (rows_lo < N), sem="relaxed")
-    tl.atomic_add(y + rows_hi, acc_hi, mask=keep & (rows_hi < N), sem="relaxed")
+    live = (tile < tiles)
+    m_a = m0 + 2 * t
+    m_b = m_a + 1
+    y_a = y_ptr + m_a.to(tl.int64) * stride_ym
+    y_b = y_ptr + m_b.to(tl.int64) * stride_ym
+    tl.atomic_add(y_a + rows_lo, acc0, mask=live & (rows_lo < N) & (m_a < M), sem="relaxed")
+    tl.atomic_add(y_b + rows_lo, acc1, mask=live & (rows_lo < N) & (m_b < M), sem="relaxed")
+    tl.atomic_add(y_a + rows_hi, acc2, mask=live & (rows_hi < N) & (m_a < M), sem="relaxed")
+    tl.atomic_add(y_b + rows_hi, acc3, mask=live & (rows_hi < N) & (m_b < M), sem="relaxed")
 
 
 def nm24_sp_packed_gemv(x: torch.Tensor, w: NMWeight, packed: dict[str, torch.Tensor],
                         bias: torch.Tensor | None = None, num_warps: int = 4, warps_total: int = 8192) -> torch.Tensor:
-    """``x [M, K] @ W.T (+ bias)`` for a 2:4 int4 weight from its packed copy (``pack_int4_for_sparse_mma``)."""
+    """``x [M, K] @ W.T (+ bias)`` for a 2:4 int4 weight from its packed copy (``pack_int4_for_sparse_mma``); one
+    pass over the weight per 8 rows of x."""
     if x.dtype != torch.bfloat16 or not x.is_cuda:
         raise ValueError(f"the packed sparse-MMA GEMV reads bf16 x on a GPU, got {x.dtype} on {x.device}")
     if x.stride(0) % 2:
@@ -303,12 +320,38 @@ def nm24_sp_packed_gemv(x: torch.Tensor, w: NMWeight, packed: dict[str, torch.Te
     programs = triton.cdiv(triton.cdiv(w.out_features, 16), num_warps)
     split = max(1, min(steps // per_group, warps_total // (programs * num_warps)))
     steps_per_split = triton.cdiv(triton.cdiv(steps, split), per_group) * per_group
-    grid = (programs, triton.cdiv(steps, steps_per_split), m)
+    grid = (programs, triton.cdiv(steps, steps_per_split), triton.cdiv(m, 8))
     _nm24_sp_packed_kernel[grid](
-        x, packed["codes"], packed["meta"], packed["scales"], y, w.out_features, w.in_features, x.stride(0),
+        x, packed["codes"], packed["meta"], packed["scales"], y, w.out_features, w.in_features, m, x.stride(0),
         y.stride(0), 1, steps_per_split, GROUP=w.group_size, ASM=_MMA_SP_INT4, CONSTRAINTS=_CONSTRAINTS,
         num_warps_=num_warps, num_warps=num_warps,
     )
     if bias is not None:
         y += bias.float()
     return y.to(x.dtype)
+
+
+# id(values) -> packed copy; an entry leaves with its weight's values tensor (weakref.finalize)
+_PACKED: dict[int, dict[str, torch.Tensor]] = {}
+
+
+def packed_supported(w: NMWeight) -> bool:
+    """The packed sparse-MMA GEMV applies to this weight: 2:4 int4, K % 128 == 0, group size a multiple of 64,
+    on a CUDA GPU of compute capability 8.0 or newer."""
+    return ((w.n, w.m, w.value_format) == (2, 4, "int4") and w.in_features % 128 == 0 and w.group_size % 64 == 0
+            and w.device.type == "cuda" and torch.cuda.get_device_capability(w.device)[0] >= 8)
+
+
+def prepare_packed(w: NMWeight) -> int:
+    """Build (once) and cache the packed copy of ``w`` for the sparse tensor cores; returns its size in bytes."""
+    key = id(w.values)
+    if key not in _PACKED:
+        _PACKED[key] = pack_int4_for_sparse_mma(w)
+        weakref.finalize(w.values, _PACKED.pop, key, None)
+    return sum(t.numel() * t.element_size() for t in _PACKED[key].values())
+
+
+def packed_copy(w: NMWeight) -> dict[str, torch.Tensor] | None:
+    """The cached packed copy of ``w`` (``prepare_packed``), or ``None``."""
+    return _PACKED.get(id(w.values))
+

@@ -173,3 +173,29 @@ def test_packed_sparse_tensor_core_gemv_matches_reference(group):
             assert_close(y.float(), nm_linear_reference(x.float(), w, bias.float()), torch.bfloat16,
                          name=f"packed mma.sp g{group} M={batch}")
 
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the packed sparse-tensor-core path needs a GPU")
+@pytest.mark.parametrize("batch", [1, 5, 32, 33])
+def test_nm_linear_uses_the_packed_copy_when_prepared(batch):
+    """prepare_for_kernels gives an eligible 2:4 int4 weight its packed copy; nm_linear then takes it up to
+    PACKED_MAX_M rows (33: expand + cuBLAS again) and agrees with the reference either way."""
+    from sparseflow.kernels.nm import PACKED_MAX_M, prepare_for_kernels
+    from sparseflow.kernels.nm.sparse_mma import packed_copy
+
+    w = _weight(40, 256, 2, 4, "int4", 64, seed=8)
+    assert packed_copy(w) is None
+    prepare_for_kernels(w)
+    assert packed_copy(w) is not None
+    x = torch.randn(batch, 256, device=DEVICE, dtype=torch.bfloat16)
+    assert batch <= PACKED_MAX_M or batch == 33
+    assert_close(nm_linear(x, w).float(), nm_linear_reference(x.float(), w), torch.bfloat16, name=f"M={batch}")
+
+
+def test_prepare_for_kernels_is_a_no_op_off_the_gpu():
+    from sparseflow.kernels.nm import prepare_for_kernels
+    from sparseflow.kernels.nm.sparse_mma import packed_copy
+
+    w = _weight(16, 256, 2, 4, "int4", 64).to("cpu")
+    prepare_for_kernels(w)
+    assert packed_copy(w) is None
+

@@ -49,8 +49,9 @@ __all__ = [
 # M=2 and M~256: the GEMV picks positions per input row, so its cost grows with M.
 GEMV_MAX_M = 4
 # 2:4 int4 weights with a packed copy (prepare_for_kernels) take the sparse-tensor-core GEMV up to this M: one pass
-# over the weight per 8 rows of x, so at M=64 eight passes (~0.3 ms on 28672x8192) still beat expand + cuBLAS.
-PACKED_MAX_M = 64
+# over the weight per 8 rows of x. H200, 28672x8192: 0.050 ms at M=4, 0.152 at M=16, 0.58 at M=64 (level with expand +
+# cuBLAS, 0.58), so the cut-off sits between.
+PACKED_MAX_M = 32
 
 
 def prepare_for_kernels(w: NMWeight) -> None:

@@ -4,7 +4,7 @@ Used to judge decode-kernel variants before spending device time on them: the GQ
 instruction-bound, so instructions per loop iteration predict their speed. Pointer and stride arguments
 get the 16-divisibility hint the runtime specialisation would give them.
 
-    python -m benchmarks.sass gqsa_task [--dump]
+    python -m benchmarks.sass gqsa_task [--dump]      (or nm24, nm24sp, nm24sp_packed; --help for options)
 """
 
 from __future__ import annotations
@@ -111,10 +111,20 @@ def _nm24sp(args):
     return compile_sass(fn, sig, const, div, num_warps=args.warps)
 
 
-KERNELS = {"gqsa_task": _gqsa_task, "nm24": _nm24, "nm24sp": _nm24sp}
+def _nm24sp_packed(args):
+    from sparseflow.kernels.nm import sparse_mma as sm
+    sig = dict(x_ptr="*bf16", codes_ptr="*i32", meta_ptr="*i32", scales_ptr="*fp16", y_ptr="*fp32", N="i32",
+               K="i32", M="i32", stride_xm="i32", stride_ym="i32", one="i32", STEPS_PER_SPLIT="i32",
+               GROUP="constexpr", ASM="constexpr", CONSTRAINTS="constexpr", num_warps_="constexpr")
+    const = dict(GROUP=128, ASM=sm._MMA_SP_INT4, CONSTRAINTS=sm._CONSTRAINTS, num_warps_=args.warps)
+    div = ["x_ptr", "codes_ptr", "meta_ptr", "scales_ptr", "y_ptr", "K", "stride_xm", "stride_ym"]
+    return compile_sass(sm._nm24_sp_packed_kernel, sig, const, div, num_warps=args.warps)
 
 
-def main() -> None:
+KERNELS = {"gqsa_task": _gqsa_task, "nm24": _nm24, "nm24sp": _nm24sp, "nm24sp_packed": _nm24sp_packed}
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("kernel", choices=sorted(KERNELS))
     p.add_argument("--dump", action="store_true")
@@ -123,7 +133,7 @@ def main() -> None:
     p.add_argument("--block-r", type=int, default=4)
     p.add_argument("--block-u", type=int, default=64)
     p.add_argument("--warps", type=int, default=4)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     sass = KERNELS[args.kernel](args)
     if args.dump:
         print(sass)

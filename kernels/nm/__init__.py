@@ -1,8 +1,9 @@
 """N:M sparse linear layers, with bf16/fp16 kept values or int8/int4 codes and group scales (``format.py``).
 
-Public entry point: ``nm_linear(x, w, bias)``. On CUDA it runs Triton: a GEMV that reads the compressed weight
-for small batches (a 2:4-specialised one for 2:4 weights with 16-bit x), and expand + cuBLAS for larger
-ones. Elsewhere it runs the torch reference and says so once.
+Public entry point: ``nm_linear(x, w, bias)``. On CUDA it runs Triton: for small batches a GEMV that reads the
+compressed weight (2:4 int4 weights prepared with ``prepare_for_kernels``: the sparse tensor cores; other 2:4
+weights with 16-bit x: a 2:4-specialised CUDA-core GEMV; other patterns: a generic one), and expand + cuBLAS
+for larger batches. Elsewhere it runs the torch reference and says so once.
 """
 
 from __future__ import annotations

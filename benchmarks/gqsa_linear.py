@@ -38,6 +38,8 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
     from sparseflow.kernels.gqsa.triton_kernels import gqsa_dense_gemv, gqsa_dense_matmul, gqsa_dequantize
     from sparseflow.kernels.testing import rel_error
 
+    from .peers import batch_inputs  # peers imports this module: import at call time
+
     dev = torch.device("cuda")
     dense = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
     dense_pool = itertools.cycle([dense.clone() for _ in range(_copies(2 * n * k))])
@@ -54,10 +56,7 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
 
     rows: list[Row] = []
     for m in batches:
-        case = f"N={n} K={k} M={m}"
-        x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-        io = 2 * m * k + 2 * m * n
-        flops = 2.0 * m * n * k
+        case, x, io, flops = batch_inputs(n, k, m, dev)
         rows.append(Row(case, "dense bf16", time_ms(lambda x=x: F.linear(x, next(dense_pool))), 2 * n * k + io, flops))
         if tg_pool is not None:
             def tinygemm_call(x=x):

@@ -8,7 +8,7 @@ launch cost stays out). At M=1 the task-centric GEMV is also timed per configura
 from __future__ import annotations
 
 from .harness import Row, over_shapes, register, time_graph_ms
-from .peers import GraphPeers, rotating
+from .peers import GraphPeers, batch_inputs, gqsa_w4s50
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
 BATCHES = [1, 4, 16, 64, 256, 2048]
@@ -19,24 +19,17 @@ SWEEP = [(512, 64, 2), (1024, 64, 2), (256, 64, 2), (1024, 32, 1), (512, 32, 1),
 def _bench_shape(n: int, k: int, batches: list[int], sweep: list[tuple[int, int, int]]) -> list[Row]:
     import torch
     import torch.nn.functional as F
-    from sparseflow.kernels.gqsa import gqsa_linear, gqsa_linear_reference, prepare_for_kernels, quantize_rtn
+    from sparseflow.kernels.gqsa import gqsa_linear, gqsa_linear_reference
     from sparseflow.kernels.gqsa.triton_kernels import gqsa_dequantize, gqsa_task_gemv, task_gemv_config
     from sparseflow.kernels.testing import rel_error
 
     dev = torch.device("cuda")
     dense = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
     peers = GraphPeers(dense)
-    keep = torch.rand(n, k // 16, device=dev) >= 0.5
-    w = quantize_rtn(dense, bits=4, group_size=16, keep=keep)
-    pool = rotating(w, w.storage_bytes())
-    for p in pool:
-        prepare_for_kernels(p)
+    w, pool = gqsa_w4s50(dense)
     rows: list[Row] = []
     for m in batches:
-        case = f"N={n} K={k} M={m}"
-        x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-        io = 2 * m * k + 2 * m * n
-        flops = 2.0 * m * n * k
+        case, x, io, flops = batch_inputs(n, k, m, dev)
         rows += peers.rows(case, x)
         err = rel_error(gqsa_linear(x, w), gqsa_linear_reference(x, w))
         extra = {"rel_err_vs_reference": err, "bits_per_weight": w.bits_per_weight(), "density": w.density(),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .gqsa_linear import _copies
 from .harness import Row, over_shapes, register, time_graph_ms
-from .peers import GraphPeers, rotating
+from .peers import GraphPeers, batch_inputs, gqsa_w4s50, rotating
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
 BATCHES = [1, 4, 16, 64, 256, 2048]
@@ -17,7 +17,7 @@ SWEEP_24 = [(4, 64, 4), (2, 64, 4), (8, 32, 4), (4, 32, 2), (8, 64, 8), (16, 32,
 def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
     import torch
     import torch.nn.functional as F
-    from sparseflow.kernels.gqsa import gqsa_linear, prepare_for_kernels, quantize_rtn
+    from sparseflow.kernels.gqsa import gqsa_linear
     from sparseflow.kernels.nm import from_dense, nm_linear, nm_linear_reference
     from sparseflow.kernels.nm import prepare_for_kernels as prepare_nm
     from sparseflow.kernels.testing import rel_error
@@ -41,17 +41,10 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
         semi_note = ""
     except Exception as err:  # the backend refuses some shapes / builds
         semi, semi_note = None, f"unavailable: {str(err).splitlines()[0][:60]}"
-    keep = torch.rand(n, k // 16, device=dev) >= 0.5
-    gq = quantize_rtn(dense, bits=4, group_size=16, keep=keep)
-    gq_pool = rotating(gq, gq.storage_bytes())
-    for p in gq_pool:
-        prepare_for_kernels(p)
+    gq, gq_pool = gqsa_w4s50(dense)
     rows: list[Row] = []
     for m in batches:
-        case = f"N={n} K={k} M={m}"
-        x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-        io = 2 * m * k + 2 * m * n
-        flops = 2.0 * m * n * k
+        case, x, io, flops = batch_inputs(n, k, m, dev)
         rows += peers.rows(case, x)
         if semi is not None:
             try:

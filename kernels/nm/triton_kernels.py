@@ -223,9 +223,20 @@ def _nm24_gemv_kernel(
             tl.store(y_ptr + m.to(tl.int64) * stride_ym + rows, y.to(y_ptr.dtype.element_ty), mask=rmask)
 
 
+def _nm24_problem(x: torch.Tensor, w: NMWeight) -> str | None:
+    """Why the 2:4 GEMV cannot run ``x`` against ``w``, or ``None`` when it can."""
+    if (w.n, w.m) != (2, 4):
+        return f"the 2:4 GEMV needs a 2:4 weight, got {w.n}:{w.m}; use nm_gemv"
+    if w.in_features % 16:
+        return f"the 2:4 GEMV reads 16 inputs per thread: K={w.in_features} is not a multiple of 16"
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        return f"the 2:4 GEMV reads 16-bit x (bf16/fp16), got {x.dtype}"
+    return None
+
+
 def nm24_supported(x: torch.Tensor, w: NMWeight) -> bool:
     """The 2:4 GEMV applies: pattern 2:4, K a multiple of 16, 16-bit x."""
-    return (w.n, w.m) == (2, 4) and w.in_features % 16 == 0 and x.dtype in (torch.bfloat16, torch.float16)
+    return _nm24_problem(x, w) is None
 
 
 def nm24_gemv_config(w: NMWeight) -> dict:
@@ -241,12 +252,9 @@ def nm24_gemv_config(w: NMWeight) -> dict:
 def nm24_gemv(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None,
               config: dict | None = None) -> torch.Tensor:
     """``x [M, K] @ W.T (+ bias) -> [M, N]`` for a 2:4 weight (``nm24_supported``); for small M."""
-    if (w.n, w.m) != (2, 4):
-        raise ValueError(f"the 2:4 GEMV needs a 2:4 weight, got {w.n}:{w.m}; use nm_gemv")
-    if w.in_features % 16:
-        raise ValueError(f"the 2:4 GEMV reads 16 inputs per thread: K={w.in_features} is not a multiple of 16")
-    if x.dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"the 2:4 GEMV reads 16-bit x (bf16/fp16), got {x.dtype}")
+    problem = _nm24_problem(x, w)
+    if problem is not None:
+        raise ValueError(problem)
     if x.stride(0) % 2:
         x = x.contiguous()  # x is read as 32-bit pairs
     m = x.shape[0]

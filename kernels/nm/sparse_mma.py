@@ -162,6 +162,13 @@ def sparse_mma_supported(x: torch.Tensor, w: NMWeight) -> bool:
     return (w.n, w.m) == (2, 4) and values_ok and x.dtype == torch.bfloat16 and w.in_features % 32 == 0
 
 
+def _steps_per_split(steps: int, per_group: int, warps: int, warps_total: int) -> int:
+    """K steps each program takes: K is split until about ``warps_total`` warps run (``warps`` run without a
+    split), each part a whole number of ``per_group`` steps so a scale group never straddles two programs."""
+    split = max(1, min(steps // per_group, warps_total // warps))
+    return triton.cdiv(triton.cdiv(steps, split), per_group) * per_group
+
+
 def nm24_sp_gemv(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None, num_warps: int = 4,
                  warps_total: int = 8192) -> torch.Tensor:
     """``x [M, K] @ W.T (+ bias) -> [M, N]`` on the sparse tensor cores, one pass over the weight per row of x."""
@@ -177,8 +184,7 @@ def nm24_sp_gemv(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None,
     n_chunks = w.in_features // 32
     per_group = max(16, w.group_size) // 16 if int4 else 1
     row_programs = triton.cdiv(w.out_features, 16 * num_warps)
-    split = max(1, min(n_chunks // per_group, warps_total // (row_programs * num_warps)))
-    chunks_per_split = triton.cdiv(triton.cdiv(n_chunks, split), per_group) * per_group
+    chunks_per_split = _steps_per_split(n_chunks, per_group, row_programs * num_warps, warps_total)
     grid = (row_programs, triton.cdiv(n_chunks, chunks_per_split), m)
     _nm24_sp_gemv_kernel[grid](
         x, w.values, w.indices, w.scales if w.scales is not None else w.values, bias if bias is not None else y, y,
@@ -318,8 +324,7 @@ def nm24_sp_packed_gemv(x: torch.Tensor, w: NMWeight, packed: dict[str, torch.Te
     per_group = w.group_size // 64
     y = torch.zeros(m, w.out_features, dtype=torch.float32, device=x.device)
     programs = triton.cdiv(triton.cdiv(w.out_features, 16), num_warps)
-    split = max(1, min(steps // per_group, warps_total // (programs * num_warps)))
-    steps_per_split = triton.cdiv(triton.cdiv(steps, split), per_group) * per_group
+    steps_per_split = _steps_per_split(steps, per_group, programs * num_warps, warps_total)
     grid = (programs, triton.cdiv(steps, steps_per_split), triton.cdiv(m, 8))
     _nm24_sp_packed_kernel[grid](
         x, packed["codes"], packed["meta"], packed["scales"], y, w.out_features, w.in_features, m, x.stride(0),

@@ -113,11 +113,14 @@ def _nm24sp(args):
 
 def _nm24sp_packed(args):
     from sparseflow.kernels.nm import sparse_mma as sm
-    sig = dict(x_ptr="*bf16", codes_ptr="*i32", meta_ptr="*i32", scales_ptr="*fp16", y_ptr="*fp32", N="i32",
-               K="i32", M="i32", stride_xm="i32", stride_ym="i32", one="i32", STEPS_PER_SPLIT="i32",
-               GROUP="constexpr", ASM="constexpr", CONSTRAINTS="constexpr", num_warps_="constexpr")
-    const = dict(GROUP=128, ASM=sm._MMA_SP_INT4, CONSTRAINTS=sm._CONSTRAINTS, num_warps_=args.warps)
-    div = ["x_ptr", "codes_ptr", "meta_ptr", "scales_ptr", "y_ptr", "K", "stride_xm", "stride_ym"]
+    sig = dict(x_ptr="*bf16", codes_ptr="*i32", meta_ptr="*i32", scales_ptr="*fp16", bias_ptr="*bf16",
+               y_ptr="*bf16", ws_ptr="*fp32", N="i32", K="i32", M="i32", stride_xm="i32",
+               stride_ym="i32", one="i32", STEPS_PER_SPLIT="i32", GROUP="constexpr", MB="constexpr",
+               SPLIT="constexpr", HAS_BIAS="constexpr", ASM="constexpr", CONSTRAINTS="constexpr",
+               num_warps_="constexpr")
+    const = dict(GROUP=128, MB=args.blocks, SPLIT=True, HAS_BIAS=False, ASM=sm._MMA_SP_INT4,
+                 CONSTRAINTS=sm._CONSTRAINTS, num_warps_=args.warps)
+    div = ["x_ptr", "codes_ptr", "meta_ptr", "scales_ptr", "y_ptr", "ws_ptr", "K", "stride_xm", "stride_ym"]
     return compile_sass(sm._nm24_sp_packed_kernel, sig, const, div, num_warps=args.warps)
 
 
@@ -133,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--block-r", type=int, default=4)
     p.add_argument("--block-u", type=int, default=64)
     p.add_argument("--warps", type=int, default=4)
+    p.add_argument("--blocks", type=int, default=1, help="nm24sp_packed: 8-row x blocks per program (MB)")
     args = p.parse_args(argv)
     sass = KERNELS[args.kernel](args)
     if args.dump:

@@ -166,12 +166,17 @@ def test_packed_sparse_tensor_core_gemv_matches_reference(group):
     w = _weight(70, 512, 2, 4, "int4", group, seed=7)
     bias = torch.randn(70, device=DEVICE, dtype=torch.bfloat16)
     packed = pack_int4_for_sparse_mma(w)
-    for batch in (1, 3, 8, 11):  # x rows ride in B's 8 columns: partial, full, and a second pass
+    # x rows ride in B's 8 columns, up to 4 such blocks per program: partial, full, 2, 3 and 4 blocks, and a
+    # second program along M
+    for batch in (1, 3, 8, 11, 24, 32, 40):
         x = torch.randn(batch, 512, device=DEVICE, dtype=torch.bfloat16)
-        for warps_total in (64, 8192):
-            y = nm24_sp_packed_gemv(x, w, packed, bias, warps_total=warps_total)
-            assert_close(y.float(), nm_linear_reference(x.float(), w, bias.float()), torch.bfloat16,
-                         name=f"packed mma.sp g{group} M={batch}")
+        want = nm_linear_reference(x.float(), w, bias.float())
+        for warps_total in (64, 8192):  # one program along K, and K split with the reduction done in-kernel
+            for call in range(2):  # the second call finds the split-K scratch zeroed again by the first
+                y = nm24_sp_packed_gemv(x, w, packed, bias, warps_total=warps_total)
+                assert y.dtype == torch.bfloat16 and y.shape == (batch, 70)
+                assert_close(y.float(), want, torch.bfloat16,
+                             name=f"packed mma.sp g{group} M={batch} warps_total={warps_total} call {call}")
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="the packed sparse-tensor-core path needs a GPU")

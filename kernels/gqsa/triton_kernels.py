@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..splitk import splitk_finish, splitk_workspace
 from .format import GQSAWeight
 
 TRITON_BITS = (2, 4, 8)
@@ -297,10 +298,10 @@ def _task_gemv_kernel(
     """Task-centric decode GEMV: program ``t`` owns stored groups ``[t*TASK, (t+1)*TASK)`` whatever rows they
     belong to, so every program reads the same number of bytes however uneven the rows are. It walks the rows
     its groups touch (``task_row_ptr`` has the first and last) and each row's share ``BLOCK`` groups at a time,
-    one group per thread; a row's sum leaves as one fp32 atomic (``y`` starts at zero), so nothing per group
-    has to find its row. Each group is read a 32-bit word at a time next to the matching contiguous x values;
-    a decoded word serves ``BLOCK_M`` <= 4 input rows. The kernel is instruction-bound (ncu: 76% issue
-    utilisation on 28672x8192), hence the few-instruction decode in ``_window_codes``."""
+    one group per thread; a row's sum leaves as one fp32 atomic into a zeroed workspace (``splitk``), so
+    nothing per group has to find its row. Each group is read a 32-bit word at a time next to the matching
+    contiguous x values; a decoded word serves ``BLOCK_M`` <= 4 input rows. The kernel is instruction-bound
+    (ncu: 76% issue utilisation on 28672x8192), hence the few-instruction decode in ``_window_codes``."""
     WPG: tl.constexpr = G * BITS // 32  # 32-bit words per group
     CPW: tl.constexpr = 32 // BITS  # codes per word
     pid_t = tl.program_id(0)
@@ -494,18 +495,18 @@ def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = N
         raise ValueError(f"BLOCK_M={block_m}: the task GEMV takes 1, 2 or 4 input rows per program")
     if x.dtype == torch.bfloat16 and x.stride(0) % 2:
         x = x.contiguous()  # bf16 x is read as 32-bit pairs
-    y = torch.zeros(m, w.out_features, dtype=torch.float32, device=x.device)
+    n = w.out_features
+    # rows add into a zeroed float32 workspace; splitk_finish casts, adds the bias and zeroes it again
+    ws = splitk_workspace(x.device, m * n)
     if w.nnz_groups:
         rows = task_rows(w, task)
         grid = (rows.numel() - 1, triton.cdiv(m, block_m))
         _task_gemv_kernel[grid](
-            x, _as_words(w), w.group_col, w.row_ptr, w.scale, w.zero, rows, y,
-            w.nnz_groups, m, x.stride(0), y.stride(0), task, (1 << w.bits) - 1,
+            x, _as_words(w), w.group_col, w.row_ptr, w.scale, w.zero, rows, ws,
+            w.nnz_groups, m, x.stride(0), n, task, (1 << w.bits) - 1,
             G=w.group_size, BITS=w.bits, BLOCK_M=block_m, **cfg,
         )
-    if bias is not None:
-        y += bias.float()
-    return y.to(x.dtype)
+    return splitk_finish(ws, torch.empty(m, n, dtype=x.dtype, device=x.device), bias)
 
 
 def gqsa_task_dequantize(w: GQSAWeight, dtype: torch.dtype, chunk: int = 256, num_warps: int = 4) -> torch.Tensor:

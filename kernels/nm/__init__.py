@@ -101,7 +101,7 @@ def nm_linear(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None) ->
         x2 = x2.contiguous()
     packed = packed_copy(w) if x2.dtype == torch.bfloat16 else None
     if x2.shape[0] <= PACKED_MAX_M and packed is not None:
-        y = nm24_sp_packed_gemv(x2, w, packed, bias, warps_total=16384)
+        y = nm24_sp_packed_gemv(x2, w, packed, bias)
     elif x2.shape[0] <= GEMV_MAX_M and nm24_supported(x2, w):
         y = nm24_gemv(x2, w, bias)
     elif x2.shape[0] <= GEMV_MAX_M:

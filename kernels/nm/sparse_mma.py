@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..splitk import splitk_finish, splitk_workspace
 from .format import NMWeight
 from .triton_kernels import _split4
 
@@ -238,17 +239,57 @@ def pack_int4_for_sparse_mma(w: NMWeight) -> dict[str, torch.Tensor]:
 
 
 @triton.jit
+def _x_block_mma(a0, a1, a2, a3, x_pairs, d0, d1, d2, d3, meta, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr):
+    """One ``mma.sp`` of the decoded weight fragment against the 8 x rows at ``x_pairs`` (this lane's pairs)."""
+    return _mma_sp(a0, a1, a2, a3, tl.load(x_pairs), tl.load(x_pairs + 4), tl.load(x_pairs + 8),
+                   tl.load(x_pairs + 12), d0, d1, d2, d3, meta, ASM, CONSTRAINTS)
+
+
+@triton.jit
+def _x_block_rows(x_ptr, m0, g, M, stride_xm):
+    """32-bit pair pointer to the x row this lane loads for B column g of the block at ``m0``; columns past M
+    repeat row M - 1 (in bounds; their outputs are never stored)."""
+    row = tl.minimum(m0 + g, M - 1).to(tl.int64)
+    return x_ptr.to(tl.pointer_type(tl.uint32)) + row * (stride_xm // 2)
+
+
+@triton.jit
+def _block_out(y_ptr, bias_ptr, ws_ptr, acc0, acc1, acc2, acc3, rows_lo, rows_hi, live, m0, t, N, M, stride_ym,
+               SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """This lane's four outputs of one 8-row block of x: (rows g, g+8) x (x rows m0+2t, m0+2t+1). ``SPLIT``:
+    add them into the float32 workspace ``ws [M, N]``; else store them (+ bias) to y in its dtype."""
+    m_a = m0 + 2 * t
+    m_b = m_a + 1
+    oks = (live & (rows_lo < N) & (m_a < M), live & (rows_lo < N) & (m_b < M),
+           live & (rows_hi < N) & (m_a < M), live & (rows_hi < N) & (m_b < M))
+    rows = (rows_lo, rows_lo, rows_hi, rows_hi)
+    ms = (m_a, m_b, m_a, m_b)
+    accs = (acc0, acc1, acc2, acc3)
+    for i in tl.static_range(4):
+        if SPLIT:
+            tl.atomic_add(ws_ptr + ms[i].to(tl.int64) * N + rows[i], accs[i], mask=oks[i], sem="relaxed")
+        else:
+            v = accs[i]
+            if HAS_BIAS:
+                v += tl.load(bias_ptr + rows[i], mask=oks[i], other=0.0).to(tl.float32)
+            tl.store(y_ptr + ms[i].to(tl.int64) * stride_ym + rows[i], v.to(y_ptr.dtype.element_ty), mask=oks[i])
+
+
+@triton.jit
 def _nm24_sp_packed_kernel(
-    x_ptr, codes_ptr, meta_ptr, scales_ptr, y_ptr,
+    x_ptr, codes_ptr, meta_ptr, scales_ptr, bias_ptr, y_ptr, ws_ptr,
     N, K, M, stride_xm, stride_ym, one, STEPS_PER_SPLIT,
-    GROUP: tl.constexpr, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr, num_warps_: tl.constexpr,
+    GROUP: tl.constexpr, MB: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr,
+    CONSTRAINTS: tl.constexpr, num_warps_: tl.constexpr,
 ):
     """``_nm24_sp_gemv_kernel`` for int4 codes in the packed layout (``pack_int4_for_sparse_mma``): each lane
-    reads its codes and metadata for 4 chunks in one 16-byte load each. The 8 columns of B carry up to 8 rows
-    of x (lane group g loads row g), so a batch of up to 8 costs one pass over the weight; lane t writes
-    output columns 2t and 2t+1."""
+    reads its codes and metadata for 4 chunks in one 16-byte load each. B's 8 columns carry 8 rows of x (lane
+    group g loads row g) and each decoded fragment meets ``MB`` <= 4 such blocks, so a batch of up to 32 costs
+    one pass over the weight; lane t owns output columns 2t and 2t+1 of every block.
+
+    With ``SPLIT``, K is split over ``tl.num_programs(1)`` programs that add their float32 partials into the
+    zeroed workspace ``ws [M, N]`` (``splitk``); without, the program stores y (+ bias) in y's dtype."""
     E: tl.constexpr = 32 * num_warps_
-    STEPS_PER_GROUP: tl.constexpr = GROUP // 64  # 4-chunk steps per scale group
     e = tl.arange(0, E)
     lane = e % 32
     g = lane // 4
@@ -259,81 +300,142 @@ def _nm24_sp_packed_kernel(
     r_lo = tile_c * 16 + g
     r_hi = r_lo + 8
     pid_s = tl.program_id(1)
-    m0 = tl.program_id(2) * 8
-    x_row = tl.minimum(m0 + g, M - 1).to(tl.int64)  # B column g; columns past M repeat the last row
-    x_pairs = x_ptr.to(tl.pointer_type(tl.uint32)) + x_row * (stride_xm // 2)
+    m0 = tl.program_id(2) * 8 * MB
+    x0 = _x_block_rows(x_ptr, m0, g, M, stride_xm)
+    x1 = _x_block_rows(x_ptr, m0 + 8, g, M, stride_xm)
+    x2 = _x_block_rows(x_ptr, m0 + 16, g, M, stride_xm)
+    x3 = _x_block_rows(x_ptr, m0 + 24, g, M, stride_xm)
     steps = K // 128
+    scale_cols = K // 2 // GROUP
     codes_lane = codes_ptr + (tile_c * steps * 32 + lane) * 4
     meta_lane = meta_ptr + (tile_c * steps * 16 + g * 2 + t % 2) * 4
     q4 = tl.arange(0, 4)[None, :]
-    acc0 = tl.zeros([E], dtype=tl.float32)  # (row g, x row 2t)
-    acc1 = tl.zeros([E], dtype=tl.float32)  # (row g, x row 2t+1)
-    acc2 = tl.zeros([E], dtype=tl.float32)  # (row g+8, x row 2t)
-    acc3 = tl.zeros([E], dtype=tl.float32)  # (row g+8, x row 2t+1)
+    # acc<b><i>: x block b; i = (row g, col 2t), (row g, col 2t+1), (row g+8, col 2t), (row g+8, col 2t+1)
+    acc00 = tl.zeros([E], dtype=tl.float32)
+    acc01 = tl.zeros([E], dtype=tl.float32)
+    acc02 = tl.zeros([E], dtype=tl.float32)
+    acc03 = tl.zeros([E], dtype=tl.float32)
+    acc10 = tl.zeros([E], dtype=tl.float32)
+    acc11 = tl.zeros([E], dtype=tl.float32)
+    acc12 = tl.zeros([E], dtype=tl.float32)
+    acc13 = tl.zeros([E], dtype=tl.float32)
+    acc20 = tl.zeros([E], dtype=tl.float32)
+    acc21 = tl.zeros([E], dtype=tl.float32)
+    acc22 = tl.zeros([E], dtype=tl.float32)
+    acc23 = tl.zeros([E], dtype=tl.float32)
+    acc30 = tl.zeros([E], dtype=tl.float32)
+    acc31 = tl.zeros([E], dtype=tl.float32)
+    acc32 = tl.zeros([E], dtype=tl.float32)
+    acc33 = tl.zeros([E], dtype=tl.float32)
     s_begin = pid_s * STEPS_PER_SPLIT
     s_end = tl.minimum(s_begin + STEPS_PER_SPLIT, steps)
-    for s0 in range(s_begin, s_end, STEPS_PER_GROUP):
-        d0 = tl.zeros([E], dtype=tl.float32)
-        d1 = tl.zeros([E], dtype=tl.float32)
-        d2 = tl.zeros([E], dtype=tl.float32)
-        d3 = tl.zeros([E], dtype=tl.float32)
-        for si in tl.static_range(STEPS_PER_GROUP):
-            step = s0 + si
-            cws = _split4(tl.load(codes_lane[:, None] + step * 128 + q4))
-            mws = _split4(tl.load(meta_lane[:, None] + step * 64 + q4))
-            for ci in tl.static_range(4):
-                xb = x_pairs + (step * 4 + ci) * 16 + t
-                word = cws[ci].to(tl.uint32, bitcast=True)
-                a0 = _int4_pair(word & 0xFF)
-                a1 = _int4_pair((word >> 8) & 0xFF)
-                a2 = _int4_pair((word >> 16) & 0xFF)
-                a3 = _int4_pair(word >> 24)
-                d0, d1, d2, d3 = _mma_sp(a0, a1, a2, a3, tl.load(xb), tl.load(xb + 4), tl.load(xb + 8),
-                                         tl.load(xb + 12), d0, d1, d2, d3, mws[ci].to(tl.uint32, bitcast=True),
-                                         ASM, CONSTRAINTS)
-        grp = s0 // STEPS_PER_GROUP
-        s_lo = tl.load(scales_ptr + r_lo * (K // 2 // GROUP) + grp).to(tl.float32)
-        s_hi = tl.load(scales_ptr + r_hi * (K // 2 // GROUP) + grp).to(tl.float32)
-        acc0 += d0 * s_lo
-        acc1 += d1 * s_lo
-        acc2 += d2 * s_hi
-        acc3 += d3 * s_hi
+    for step in range(s_begin, s_end):
+        cws = _split4(tl.load(codes_lane[:, None] + step * 128 + q4))
+        mws = _split4(tl.load(meta_lane[:, None] + step * 64 + q4))
+        d00 = tl.zeros([E], dtype=tl.float32)
+        d01 = tl.zeros([E], dtype=tl.float32)
+        d02 = tl.zeros([E], dtype=tl.float32)
+        d03 = tl.zeros([E], dtype=tl.float32)
+        d10 = tl.zeros([E], dtype=tl.float32)
+        d11 = tl.zeros([E], dtype=tl.float32)
+        d12 = tl.zeros([E], dtype=tl.float32)
+        d13 = tl.zeros([E], dtype=tl.float32)
+        d20 = tl.zeros([E], dtype=tl.float32)
+        d21 = tl.zeros([E], dtype=tl.float32)
+        d22 = tl.zeros([E], dtype=tl.float32)
+        d23 = tl.zeros([E], dtype=tl.float32)
+        d30 = tl.zeros([E], dtype=tl.float32)
+        d31 = tl.zeros([E], dtype=tl.float32)
+        d32 = tl.zeros([E], dtype=tl.float32)
+        d33 = tl.zeros([E], dtype=tl.float32)
+        for ci in tl.static_range(4):
+            off = (step * 4 + ci) * 16 + t
+            word = cws[ci].to(tl.uint32, bitcast=True)
+            meta = mws[ci].to(tl.uint32, bitcast=True)
+            a0 = _int4_pair(word & 0xFF)
+            a1 = _int4_pair((word >> 8) & 0xFF)
+            a2 = _int4_pair((word >> 16) & 0xFF)
+            a3 = _int4_pair(word >> 24)
+            d00, d01, d02, d03 = _x_block_mma(a0, a1, a2, a3, x0 + off, d00, d01, d02, d03, meta, ASM, CONSTRAINTS)
+            if MB > 1:
+                d10, d11, d12, d13 = _x_block_mma(a0, a1, a2, a3, x1 + off, d10, d11, d12, d13, meta, ASM,
+                                                  CONSTRAINTS)
+            if MB > 2:
+                d20, d21, d22, d23 = _x_block_mma(a0, a1, a2, a3, x2 + off, d20, d21, d22, d23, meta, ASM,
+                                                  CONSTRAINTS)
+                d30, d31, d32, d33 = _x_block_mma(a0, a1, a2, a3, x3 + off, d30, d31, d32, d33, meta, ASM,
+                                                  CONSTRAINTS)
+        # one scale per step (a step is 64 kept values, GROUP a multiple of 64): splits need not align to groups
+        grp = step * 64 // GROUP
+        s_lo = tl.load(scales_ptr + r_lo * scale_cols + grp).to(tl.float32)
+        s_hi = tl.load(scales_ptr + r_hi * scale_cols + grp).to(tl.float32)
+        acc00 += d00 * s_lo
+        acc01 += d01 * s_lo
+        acc02 += d02 * s_hi
+        acc03 += d03 * s_hi
+        if MB > 1:
+            acc10 += d10 * s_lo
+            acc11 += d11 * s_lo
+            acc12 += d12 * s_hi
+            acc13 += d13 * s_hi
+        if MB > 2:
+            acc20 += d20 * s_lo
+            acc21 += d21 * s_lo
+            acc22 += d22 * s_hi
+            acc23 += d23 * s_hi
+            acc30 += d30 * s_lo
+            acc31 += d31 * s_lo
+            acc32 += d32 * s_hi
+            acc33 += d33 * s_hi
     rows_lo = tile * 16 + g
     rows_hi = rows_lo + 8
-    live = (tile < tiles)
-    m_a = m0 + 2 * t
-    m_b = m_a + 1
-    y_a = y_ptr + m_a.to(tl.int64) * stride_ym
-    y_b = y_ptr + m_b.to(tl.int64) * stride_ym
-    tl.atomic_add(y_a + rows_lo, acc0, mask=live & (rows_lo < N) & (m_a < M), sem="relaxed")
-    tl.atomic_add(y_b + rows_lo, acc1, mask=live & (rows_lo < N) & (m_b < M), sem="relaxed")
-    tl.atomic_add(y_a + rows_hi, acc2, mask=live & (rows_hi < N) & (m_a < M), sem="relaxed")
-    tl.atomic_add(y_b + rows_hi, acc3, mask=live & (rows_hi < N) & (m_b < M), sem="relaxed")
+    live = tile < tiles
+    # one program along K stores y (+ bias) directly; split K adds into the zeroed workspace (splitk_finish)
+    _block_out(y_ptr, bias_ptr, ws_ptr, acc00, acc01, acc02, acc03, rows_lo, rows_hi, live, m0, t, N, M,
+               stride_ym, SPLIT, HAS_BIAS)
+    if MB > 1:
+        _block_out(y_ptr, bias_ptr, ws_ptr, acc10, acc11, acc12, acc13, rows_lo, rows_hi, live, m0 + 8, t, N,
+                   M, stride_ym, SPLIT, HAS_BIAS)
+    if MB > 2:
+        _block_out(y_ptr, bias_ptr, ws_ptr, acc20, acc21, acc22, acc23, rows_lo, rows_hi, live, m0 + 16, t,
+                   N, M, stride_ym, SPLIT, HAS_BIAS)
+        _block_out(y_ptr, bias_ptr, ws_ptr, acc30, acc31, acc32, acc33, rows_lo, rows_hi, live, m0 + 24, t,
+                   N, M, stride_ym, SPLIT, HAS_BIAS)
+
+
+# warps in flight the packed GEMV aims for (K split until then). H200, M=1, with splitk_finish: 28672x8192
+# 0.0421 / 0.0361 / 0.0365 ms at 8192 / 16384 / 32768, 8192x28672 0.0387 / 0.0352 / 0.0357 (fewer warps do not
+# hide HBM latency: ncu at 8192 saw 1.5 eligible of 9 active warps per scheduler, waiting on loads); 4096x14336
+# 0.0127 / 0.0130 / 0.0152 (more splits, more partial traffic)
+PACKED_WARPS_TOTAL = 16384
 
 
 def nm24_sp_packed_gemv(x: torch.Tensor, w: NMWeight, packed: dict[str, torch.Tensor],
-                        bias: torch.Tensor | None = None, num_warps: int = 4, warps_total: int = 8192) -> torch.Tensor:
-    """``x [M, K] @ W.T (+ bias)`` for a 2:4 int4 weight from its packed copy (``pack_int4_for_sparse_mma``); one
-    pass over the weight per 8 rows of x."""
+                        bias: torch.Tensor | None = None, num_warps: int = 4,
+                        warps_total: int = PACKED_WARPS_TOTAL) -> torch.Tensor:
+    """``x [M, K] @ W.T (+ bias) -> [M, N]`` in x's dtype for a 2:4 int4 weight from its packed copy
+    (``pack_int4_for_sparse_mma``); one pass over the weight per 32 rows of x, plus ``splitk_finish``
+    when K is split."""
     if x.dtype != torch.bfloat16 or not x.is_cuda:
         raise ValueError(f"the packed sparse-MMA GEMV reads bf16 x on a GPU, got {x.dtype} on {x.device}")
-    if x.stride(0) % 2:
+    if x.stride(0) % 2 or x.stride(1) != 1:
         x = x.contiguous()
-    m = x.shape[0]
+    m, n = x.shape[0], w.out_features
     steps = w.in_features // 128
-    per_group = w.group_size // 64
-    y = torch.zeros(m, w.out_features, dtype=torch.float32, device=x.device)
-    programs = triton.cdiv(triton.cdiv(w.out_features, 16), num_warps)
-    steps_per_split = _steps_per_split(steps, per_group, programs * num_warps, warps_total)
-    grid = (programs, triton.cdiv(steps, steps_per_split), triton.cdiv(m, 8))
-    _nm24_sp_packed_kernel[grid](
-        x, packed["codes"], packed["meta"], packed["scales"], y, w.out_features, w.in_features, m, x.stride(0),
-        y.stride(0), 1, steps_per_split, GROUP=w.group_size, ASM=_MMA_SP_INT4, CONSTRAINTS=_CONSTRAINTS,
+    blocks = min(4, triton.next_power_of_2(triton.cdiv(m, 8)))  # 8-row blocks of x per program
+    programs = triton.cdiv(triton.cdiv(n, 16), num_warps)
+    m_programs = triton.cdiv(m, 8 * blocks)
+    steps_per_split = _steps_per_split(steps, 1, programs * num_warps * m_programs, warps_total)
+    splits = triton.cdiv(steps, steps_per_split)
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    ws = splitk_workspace(x.device, m * n) if splits > 1 else y
+    _nm24_sp_packed_kernel[(programs, splits, m_programs)](
+        x, packed["codes"], packed["meta"], packed["scales"], bias if bias is not None else y, y, ws,
+        n, w.in_features, m, x.stride(0), y.stride(0), 1, steps_per_split, GROUP=w.group_size, MB=blocks,
+        SPLIT=splits > 1, HAS_BIAS=bias is not None, ASM=_MMA_SP_INT4, CONSTRAINTS=_CONSTRAINTS,
         num_warps_=num_warps, num_warps=num_warps,
     )
-    if bias is not None:
-        y += bias.float()
-    return y.to(x.dtype)
+    return splitk_finish(ws, y, bias) if splits > 1 else y
 
 
 # id(values) -> packed copy; an entry leaves with its weight's values tensor (weakref.finalize)

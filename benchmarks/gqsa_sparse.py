@@ -31,19 +31,19 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: list[tuple[int, int,
     for m in batches:
         case, x, io, flops = batch_inputs(n, k, m, dev)
         rows += peers.rows(case, x)
-        err = rel_error(gqsa_linear(x, w), gqsa_linear_reference(x, w))
+        err = rel_error(gqsa_linear(x, w, tables=pool[0][1]), gqsa_linear_reference(x, w))
         extra = {"rel_err_vs_reference": err, "bits_per_weight": w.bits_per_weight(), "density": w.density(),
                  "task_gemv_config": task_gemv_config(w)}
         floor_bytes = w.storage_bytes() + io
-        ms = time_graph_ms([lambda x=x, p=p: gqsa_linear(x, p) for p in pool])
+        ms = time_graph_ms([lambda x=x, p=p, t=t: gqsa_linear(x, p, tables=t) for p, t in pool])
         rows.append(Row(case, "gqsa w4s50g16", ms, floor_bytes, flops, note=f"err {err:.1e}", extra=extra))
         if m == 1:
             for task, block, warps in sweep:
                 cfg = {"TASK": task, "BLOCK": block, "num_warps": warps}
-                ms = time_graph_ms([lambda x=x, p=p, cfg=cfg: gqsa_task_gemv(x, p, config=cfg) for p in pool])
+                ms = time_graph_ms([lambda x=x, p=p, cfg=cfg: gqsa_task_gemv(x, p, config=cfg) for p, _ in pool])
                 rows.append(Row(case, f"task t{task} b{block} w{warps}", ms, floor_bytes, flops, extra=cfg))
         if m >= 16:
-            ms = time_graph_ms([lambda x=x, p=p: F.linear(x, gqsa_dequantize(p, x.dtype)) for p in pool[:4]])
+            ms = time_graph_ms([lambda x=x, p=p: F.linear(x, gqsa_dequantize(p, x.dtype)) for p, _ in pool[:4]])
             rows.append(Row(case, "gqsa deq+mm", ms, floor_bytes, flops))
     return rows
 

@@ -18,8 +18,7 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
     import torch
     import torch.nn.functional as F
     from sparseflow.kernels.gqsa import gqsa_linear
-    from sparseflow.kernels.nm import from_dense, nm_linear, nm_linear_reference
-    from sparseflow.kernels.nm import prepare_for_kernels as prepare_nm
+    from sparseflow.kernels.nm import from_dense, kernel_tables, nm_linear, nm_linear_reference
     from sparseflow.kernels.testing import rel_error
 
     from sparseflow.compressors.baselines import nm_prune
@@ -30,10 +29,8 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
     pruned = nm_prune(dense.float(), 2, 4).to(torch.bfloat16)
     formats = {"nm 2:4 bf16": from_dense(pruned, 2, 4, "bf16"),
                "nm 2:4 int4 g128": from_dense(pruned, 2, 4, "int4", 128)}
-    pools = {name: rotating(w, w.storage_bytes()) for name, w in formats.items()}
-    for pool in pools.values():
-        for p in pool:
-            prepare_nm(p)  # int4: the copy packed for the sparse tensor cores
+    # (weight, kernel_tables) pairs; int4 2:4 tables: the copy packed for the sparse tensor cores
+    pools = {name: [(p, kernel_tables(p)) for p in rotating(w, w.storage_bytes())] for name, w in formats.items()}
     try:
         from torch.sparse import to_sparse_semi_structured
 
@@ -56,9 +53,9 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
         else:
             rows.append(Row(case, "torch semi-structured 2:4", None, 0, flops, note=semi_note))
         for name, pool in pools.items():
-            w = pool[0]
-            err = rel_error(nm_linear(x, w).float(), nm_linear_reference(x.float(), w))
-            ms = time_graph_ms([lambda p=p: nm_linear(x, p) for p in pool])
+            w, tables = pool[0]
+            err = rel_error(nm_linear(x, w, tables=tables).float(), nm_linear_reference(x.float(), w))
+            ms = time_graph_ms([lambda p=p, t=t: nm_linear(x, p, tables=t) for p, t in pool])
             rows.append(Row(case, name, ms, w.storage_bytes() + io, flops, note=f"err {err:.1e}",
                             extra={"rel_err_vs_reference": err, "bits_per_weight": w.bits_per_weight()}))
             if m == 1 and name == "nm 2:4 bf16":
@@ -66,10 +63,10 @@ def _bench_shape(n: int, k: int, batches: list[int]) -> list[Row]:
 
                 for block_r, block_u, warps in SWEEP_24:
                     cfg = {"BLOCK_R": block_r, "BLOCK_U": block_u, "num_warps": warps}
-                    ms = time_graph_ms([lambda p=p, cfg=cfg: nm24_gemv(x, p, config=cfg) for p in pool])
+                    ms = time_graph_ms([lambda p=p, cfg=cfg: nm24_gemv(x, p, config=cfg) for p, _ in pool])
                     rows.append(Row(case, f"{name} r{block_r} u{block_u} w{warps}", ms, w.storage_bytes() + io,
                                     flops, extra=cfg))
-        ms = time_graph_ms([lambda p=p: gqsa_linear(x, p) for p in gq_pool])
+        ms = time_graph_ms([lambda p=p, t=t: gqsa_linear(x, p, tables=t) for p, t in gq_pool])
         rows.append(Row(case, "gqsa w4s50g16", ms, gq.storage_bytes() + io, flops))
     return rows
 

@@ -29,18 +29,15 @@ def batch_inputs(n: int, k: int, m: int, device) -> tuple[str, Any, int, float]:
 
 
 def gqsa_w4s50(dense) -> tuple[Any, list]:
-    """GQSA W4 g16 with a random half of the groups pruned, from ``dense [N, K]``, and its rotating pool with the
-    kernels' lookup tables built (``prepare_for_kernels``)."""
+    """GQSA W4 g16 with a random half of the groups pruned, from ``dense [N, K]``, and its rotating pool of
+    ``(weight, kernel_tables(weight))`` pairs."""
     import torch
-    from sparseflow.kernels.gqsa import prepare_for_kernels, quantize_rtn
+    from sparseflow.kernels.gqsa import kernel_tables, quantize_rtn
 
     n, k = dense.shape
     keep = torch.rand(n, k // 16, device=dense.device) >= 0.5
     w = quantize_rtn(dense, bits=4, group_size=16, keep=keep)
-    pool = rotating(w, w.storage_bytes())
-    for p in pool:
-        prepare_for_kernels(p)
-    return w, pool
+    return w, [(p, kernel_tables(p)) for p in rotating(w, w.storage_bytes())]
 
 
 class GraphPeers:

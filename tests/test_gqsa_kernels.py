@@ -174,6 +174,26 @@ def test_task_gemv_uneven_rows():
         assert_close(y, gqsa_linear_reference(x, w), torch.float32, name=f"uneven rows task {task}")
 
 
+def test_task_gemv_reads_a_prebuilt_task_table_and_refuses_a_foreign_one():
+    """The table kernel_tables builds once is what the GEMV would build per call; one built for another TASK
+    (or weight) is refused rather than read out of bounds."""
+    from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv, task_rows
+
+    w = _weight(37, 256, 4, 16, 0.5)
+    x = torch.randn(1, 256, device=DEVICE)
+    config = {"TASK": 8, "BLOCK": 8, "num_warps": 1}
+    y = gqsa_task_gemv(x, w, config=config, rows=task_rows(w, 8))
+    assert_close(y, gqsa_linear_reference(x, w), torch.float32, name="prebuilt task table")
+    with pytest.raises(ValueError, match="another weight or config"):
+        gqsa_task_gemv(x, w, config=config, rows=task_rows(w, 16))
+
+
+def test_kernel_tables_off_the_gpu_are_empty():
+    from sparseflow.kernels.gqsa import kernel_tables
+
+    assert kernel_tables(_weight(8, 64, 4, 16, 0.5).to("cpu")) == {}
+
+
 def test_task_gemv_rejects_partial_words():
     from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv
 

@@ -137,8 +137,8 @@ def test_int4_packing_puts_each_lanes_bytes_where_the_kernel_reads_them():
 
     w = _weight(21, 256, 2, 4, "int4", 64, seed=6).to("cpu")
     packed = pack_int4_for_sparse_mma(w)
-    codes = packed["codes"].view(torch.uint8).view(2, 2, 32, 4, 4)  # [tile, step, lane, chunk, byte]
-    meta = packed["meta"].view(2, 2, 16, 4)
+    codes = packed["packed_codes"].view(torch.uint8).view(2, 2, 32, 4, 4)  # [tile, step, lane, chunk, byte]
+    meta = packed["packed_meta"].view(2, 2, 16, 4)
     values = torch.nn.functional.pad(w.values, (0, 0, 0, 11), value=0x88).view(32, 8, 8)  # [row, chunk, byte]
     words = torch.nn.functional.pad(w.indices.view(torch.int32), (0, 0, 0, 11), value=0x44444444)
     words = words.to(torch.int64) & 0xFFFFFFFF
@@ -181,26 +181,24 @@ def test_packed_sparse_tensor_core_gemv_matches_reference(group):
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="the packed sparse-tensor-core path needs a GPU")
 @pytest.mark.parametrize("batch", [1, 5, 32, 33])
-def test_nm_linear_uses_the_packed_copy_when_prepared(batch):
-    """prepare_for_kernels gives an eligible 2:4 int4 weight its packed copy; nm_linear then takes it up to
-    PACKED_MAX_M rows (33: expand + cuBLAS again) and agrees with the reference either way."""
-    from sparseflow.kernels.nm import PACKED_MAX_M, prepare_for_kernels
-    from sparseflow.kernels.nm.sparse_mma import packed_copy
+def test_nm_linear_uses_the_packed_copy_from_kernel_tables(batch):
+    """kernel_tables gives an eligible 2:4 int4 weight its packed copy; nm_linear takes it up to PACKED_MAX_M rows
+    (33: expand + cuBLAS again) and agrees with the reference either way, with or without the tables."""
+    from sparseflow.kernels.nm import PACKED_MAX_M, kernel_tables
 
     w = _weight(40, 256, 2, 4, "int4", 64, seed=8)
-    assert packed_copy(w) is None
-    prepare_for_kernels(w)
-    assert packed_copy(w) is not None
+    tables = kernel_tables(w)
+    assert sorted(tables) == ["packed_codes", "packed_meta", "packed_scales"]
     x = torch.randn(batch, 256, device=DEVICE, dtype=torch.bfloat16)
     assert batch <= PACKED_MAX_M or batch == 33
-    assert_close(nm_linear(x, w).float(), nm_linear_reference(x.float(), w), torch.bfloat16, name=f"M={batch}")
+    want = nm_linear_reference(x.float(), w)
+    assert_close(nm_linear(x, w, tables=tables).float(), want, torch.bfloat16, name=f"M={batch} packed")
+    assert_close(nm_linear(x, w).float(), want, torch.bfloat16, name=f"M={batch} without tables")
 
 
-def test_prepare_for_kernels_is_a_no_op_off_the_gpu():
-    from sparseflow.kernels.nm import prepare_for_kernels
-    from sparseflow.kernels.nm.sparse_mma import packed_copy
+def test_kernel_tables_are_empty_where_no_kernel_reads_them():
+    from sparseflow.kernels.nm import kernel_tables
 
-    w = _weight(16, 256, 2, 4, "int4", 64).to("cpu")
-    prepare_for_kernels(w)
-    assert packed_copy(w) is None
+    assert kernel_tables(_weight(16, 256, 2, 4, "int4", 64).to("cpu")) == {}  # off the GPU
+    assert kernel_tables(_weight(16, 256, 2, 4, "bf16", 0).to("cpu")) == {}
 

@@ -185,4 +185,18 @@ class CollectedLinearMethod(LinearMethodBase):
         self.after_loading(layer)
 
     def after_loading(self, layer: torch.nn.Module) -> None:
-        """Hook: per-weight tables the kernels need, built before CUDA-graph capture."""
+        """Hook: per-weight tables the kernels need, built before CUDA-graph capture (``keep_tables``)."""
+
+
+def keep_tables(layer: torch.nn.Module, tables: Mapping[str, torch.Tensor], names: tuple[str, ...]) -> None:
+    """Keep a weight's ``kernel_tables`` on its layer as buffers ``sf_<name>`` (``None`` where absent), so the
+    layer's op receives them as tensors: tensors reach a torch.compile'd op as graph inputs, and nothing keyed
+    by object identity survives that."""
+    unknown = set(tables) - set(names)
+    if unknown:
+        raise ValueError(f"{layer.prefix}: kernel tables {sorted(unknown)} have no slot on the layer")
+    for name in names:
+        if name in tables:
+            layer.register_buffer(f"sf_{name}", tables[name], persistent=False)
+        else:
+            setattr(layer, f"sf_{name}", None)

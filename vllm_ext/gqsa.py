@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import sparseflow.kernels.ops  # noqa: F401  (registers torch.ops.sparseflow.*)
 import torch
-from sparseflow.kernels.gqsa import FORMAT_NAME, GQSACheckpointConfig, GQSAWeight, gqsa_linear, prepare_for_kernels
+from sparseflow.kernels.gqsa import FORMAT_NAME, GQSACheckpointConfig, GQSAWeight, kernel_tables
 from sparseflow.kernels.gqsa.format import TENSOR_DTYPES
 
-from ._collected import CollectedLinearMethod, CollectedQuantConfig
+from ._collected import CollectedLinearMethod, CollectedQuantConfig, keep_tables
 
 
 class GQSALinearMethod(CollectedLinearMethod):
@@ -38,10 +39,14 @@ class GQSALinearMethod(CollectedLinearMethod):
                           bits=self.checkpoint.bits)
 
     def after_loading(self, layer: torch.nn.Module) -> None:
-        prepare_for_kernels(self.weight(layer))  # no lookup-table allocation inside CUDA-graph capture
+        # before CUDA-graph capture: no table is built inside the captured step
+        keep_tables(layer, kernel_tables(self.weight(layer)), ("task_rows",))
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return gqsa_linear(x, self.weight(layer), bias)
+        c = self.checkpoint
+        return torch.ops.sparseflow.gqsa_linear(x, layer.codes, layer.group_col, layer.row_ptr, layer.scale,
+                                                layer.zero, bias, layer.sf_task_rows, layer.sf_in_features,
+                                                c.group_size, c.bits)
 
 
 class GQSAConfig(CollectedQuantConfig):

@@ -9,18 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import sparseflow.kernels.ops  # noqa: F401  (registers torch.ops.sparseflow.*)
 import torch
-from sparseflow.kernels.nm import (
-    FORMAT_NAME,
-    NMCheckpointConfig,
-    NMWeight,
-    nm_linear,
-    prepare_for_kernels,
-    tensor_names,
-)
+from sparseflow.kernels.nm import FORMAT_NAME, NMCheckpointConfig, NMWeight, kernel_tables, tensor_names
 from sparseflow.kernels.nm.format import FLOAT_VALUES, INT_VALUES
 
-from ._collected import CollectedLinearMethod, CollectedQuantConfig
+from ._collected import CollectedLinearMethod, CollectedQuantConfig, keep_tables
 
 
 class NMLinearMethod(CollectedLinearMethod):
@@ -49,10 +43,17 @@ class NMLinearMethod(CollectedLinearMethod):
                         c.value_format, c.group_size)
 
     def after_loading(self, layer: torch.nn.Module) -> None:
-        prepare_for_kernels(self.weight(layer))  # the sparse-tensor-core copy, before CUDA-graph capture
+        # 2:4 int4: the sparse-tensor-core copy, built before CUDA-graph capture
+        keep_tables(layer, kernel_tables(self.weight(layer)), _TABLES)
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return nm_linear(x, self.weight(layer), bias)
+        c = self.checkpoint
+        return torch.ops.sparseflow.nm_linear(x, layer.values, layer.indices, getattr(layer, "scales", None), bias,
+                                              layer.sf_packed_codes, layer.sf_packed_meta, layer.sf_packed_scales,
+                                              layer.sf_in_features, c.n, c.m, c.value_format, c.group_size)
+
+
+_TABLES = ("packed_codes", "packed_meta", "packed_scales")
 
 
 class NMConfig(CollectedQuantConfig):

@@ -7,6 +7,8 @@ reads the compressed weight for decode (one row of x) and dequantize + cuBLAS fo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from .._log import info_once
@@ -39,8 +41,8 @@ __all__ = [
     "from_dense_groups",
     "gqsa_linear",
     "gqsa_linear_reference",
+    "kernel_tables",
     "pack_codes",
-    "prepare_for_kernels",
     "quantize_rtn",
     "unpack_codes",
 ]
@@ -70,16 +72,17 @@ def _triton_path(w: GQSAWeight, device: torch.device) -> bool:
     return True
 
 
-def prepare_for_kernels(w: GQSAWeight) -> None:
-    """Precompute per-weight lookup tables the CUDA kernels need (the task GEMV's chunk-to-row table), so the
-    first forward allocates nothing (vLLM captures CUDA graphs then). Call with the tensors the layer keeps:
-    tables are cached by the identity of ``w.row_ptr``. No-op off CUDA."""
+def kernel_tables(w: GQSAWeight) -> dict[str, torch.Tensor]:
+    """Per-weight tensors the CUDA kernels read besides the format's own (the task GEMV's chunk-to-row table),
+    built once after loading and passed to every ``gqsa_linear`` call: building them per call costs several
+    small launches, and vLLM captures CUDA graphs after loading. Empty off CUDA or where no kernel needs one."""
     if w.device.type != "cuda" or w.bits not in (2, 4, 8) or (w.group_size * w.bits) % 32:
-        return
+        return {}
     from .triton_kernels import dense_groups_supported, task_gemv_config, task_rows
 
-    if not dense_groups_supported(w):
-        task_rows(w, task_gemv_config(w)["TASK"])
+    if dense_groups_supported(w):
+        return {}
+    return {"task_rows": task_rows(w, task_gemv_config(w)["TASK"])}
 
 
 def dequantize(w: GQSAWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -91,13 +94,15 @@ def dequantize(w: GQSAWeight, dtype: torch.dtype = torch.float32) -> torch.Tenso
     return dequantize_reference(w, dtype)
 
 
-def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,
+                tables: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``y = x @ W.T + bias`` for a GQSA weight.
 
     Args:
         x: ``[..., K]`` activations, float16 / bfloat16 / float32, on ``w``'s device.
         w: ``GQSAWeight`` with ``in_features == K`` and ``out_features == N``.
         bias: optional ``[N]``.
+        tables: ``kernel_tables(w)``, built once; without them decode rebuilds its table on every call.
     Returns:
         ``[..., N]`` in ``x.dtype``.
     """
@@ -119,7 +124,10 @@ def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None
     if dense_groups_supported(w) and m <= DENSE_GEMV_MAX_M:
         y = gqsa_dense_gemv(x2, w, bias)
     elif not dense_groups_supported(w) and m <= TASK_GEMV_MAX_M and (w.group_size * w.bits) % 32 == 0:
-        y = gqsa_task_gemv(x2, w, bias)
+        rows = (tables or {}).get("task_rows")
+        if rows is None:
+            info_once("gqsa: no kernel_tables(w) passed; the decode GEMV rebuilds its task table on every call")
+        y = gqsa_task_gemv(x2, w, bias, rows=rows)
     elif not dense_groups_supported(w) and m <= GEMV_MAX_M:
         y = gqsa_gemv(x2, w, bias)
     else:

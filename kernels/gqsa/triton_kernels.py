@@ -9,7 +9,6 @@ groups ``BLOCK_G`` at a time; rows shorter than the longest in the block are mas
 from __future__ import annotations
 
 import functools
-import weakref
 
 import torch
 import triton
@@ -436,23 +435,15 @@ def gqsa_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,
     return y
 
 
-# (id(row_ptr), chunk) -> task rows; an entry leaves with its row_ptr tensor (weakref.finalize)
-_TASK_ROWS: dict[tuple[int, int], torch.Tensor] = {}
-
-
 def task_rows(w: GQSAWeight, chunk: int) -> torch.Tensor:
     """``[T + 1]`` int32: the row of each chunk's first group, then the row of the last stored group; chunk
-    ``t``'s groups lie in rows ``[entry t, entry t+1]``.
-    Computed once per (weight, chunk) and cached with the weight's ``row_ptr``."""
-    key = (id(w.row_ptr), chunk)
-    if key not in _TASK_ROWS:
-        nnz = w.nnz_groups
-        firsts = torch.arange(0, nnz, chunk, device=w.device, dtype=torch.int64)
-        bounds = torch.cat([firsts, torch.full((1,), max(nnz - 1, 0), device=w.device, dtype=torch.int64)])
-        rows = torch.searchsorted(w.row_ptr.to(torch.int64), bounds, right=True) - 1
-        _TASK_ROWS[key] = rows.to(torch.int32)
-        weakref.finalize(w.row_ptr, _TASK_ROWS.pop, key, None)
-    return _TASK_ROWS[key]
+    ``t``'s groups lie in rows ``[entry t, entry t+1]``. A few small launches: build it once per weight
+    (``kernel_tables``) for decode."""
+    nnz = w.nnz_groups
+    firsts = torch.arange(0, nnz, chunk, device=w.device, dtype=torch.int64)
+    bounds = torch.cat([firsts, torch.full((1,), max(nnz - 1, 0), device=w.device, dtype=torch.int64)])
+    rows = torch.searchsorted(w.row_ptr.to(torch.int64), bounds, right=True) - 1
+    return rows.to(torch.int32)
 
 
 @functools.cache
@@ -476,11 +467,11 @@ def task_gemv_config(w: GQSAWeight) -> dict:
 
 
 def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,
-                   config: dict | None = None) -> torch.Tensor:
+                   config: dict | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
     """``x [M, K] @ W.T (+ bias) -> [M, N]`` for small M with task-centric partitioning (any sparsity).
 
     ``config``: ``TASK``, ``BLOCK``, ``num_warps`` (default ``task_gemv_config``) and optionally ``BLOCK_M``
-    (input rows per program: 1, 2 or 4)."""
+    (input rows per program: 1, 2 or 4). ``rows``: ``task_rows(w, TASK)`` if already built."""
     m = x.shape[0]
     if (w.group_size * w.bits) % 32:
         raise ValueError(f"task GEMV needs whole 32-bit words per group (g={w.group_size}, bits={w.bits})")
@@ -499,7 +490,11 @@ def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = N
     # rows add into a zeroed float32 workspace; splitk_finish casts, adds the bias and zeroes it again
     ws = splitk_workspace(x.device, m * n)
     if w.nnz_groups:
-        rows = task_rows(w, task)
+        if rows is None:
+            rows = task_rows(w, task)
+        elif rows.numel() != triton.cdiv(w.nnz_groups, task) + 1:
+            raise ValueError(f"task table has {rows.numel()} entries; TASK={task} over {w.nnz_groups} groups needs "
+                             f"{triton.cdiv(w.nnz_groups, task) + 1}: it was built for another weight or config")
         grid = (rows.numel() - 1, triton.cdiv(m, block_m))
         _task_gemv_kernel[grid](
             x, _as_words(w), w.group_col, w.row_ptr, w.scale, w.zero, rows, ws,

@@ -1,12 +1,14 @@
 """N:M sparse linear layers, with bf16/fp16 kept values or int8/int4 codes and group scales (``format.py``).
 
 Public entry point: ``nm_linear(x, w, bias)``. On CUDA it runs Triton: for small batches a GEMV that reads the
-compressed weight (2:4 int4 weights prepared with ``prepare_for_kernels``: the sparse tensor cores; other 2:4
+compressed weight (2:4 int4 weights with their ``kernel_tables``: the sparse tensor cores; other 2:4
 weights with 16-bit x: a 2:4-specialised CUDA-core GEMV; other patterns: a generic one), and expand + cuBLAS
 for larger batches. Elsewhere it runs the torch reference and says so once.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 
@@ -37,10 +39,10 @@ __all__ = [
     "expand",
     "expand_reference",
     "from_dense",
+    "kernel_tables",
     "nm_linear",
     "nm_linear_reference",
     "parse_pattern",
-    "prepare_for_kernels",
     "tensor_names",
 ]
 
@@ -49,25 +51,29 @@ __all__ = [
 # cuBLAS at M=16 0.51 ms (the expand writes and re-reads a dense copy). Both lose to dense bf16 (0.12 ms) between
 # M=2 and M~256: the GEMV picks positions per input row, so its cost grows with M.
 GEMV_MAX_M = 4
-# 2:4 int4 weights with a packed copy (prepare_for_kernels) take the sparse-tensor-core GEMV up to this M: one pass
+# 2:4 int4 weights with a packed copy (kernel_tables) take the sparse-tensor-core GEMV up to this M: one pass
 # over the weight per 8 rows of x. H200, 28672x8192: 0.050 ms at M=4, 0.152 at M=16, 0.58 at M=64 (level with expand +
 # cuBLAS, 0.58), so the cut-off sits between.
 PACKED_MAX_M = 32
 
 
-def prepare_for_kernels(w: NMWeight) -> None:
-    """Give a 2:4 int4 weight on a CUDA GPU (sm_80+, K % 128 == 0, group size a multiple of 64) a copy packed for
-    the sparse tensor cores, which ``nm_linear`` then uses for small batches (about 2x faster than the CUDA-core
-    GEMV on the H200). The copy costs as much memory as the weight and is said once in the log. Call with the
-    tensors the layer keeps (vLLM: after loading, before CUDA-graph capture); no-op for every other weight."""
+def kernel_tables(w: NMWeight) -> dict[str, torch.Tensor]:
+    """Per-weight tensors the CUDA kernels read besides the format's own, built once after loading and passed to
+    every ``nm_linear`` call: for a 2:4 int4 weight on an sm_80+ GPU (K % 128 == 0, group size a multiple of 64),
+    a copy packed for the sparse tensor cores (``packed_*``), which small batches then use (about 2x faster than
+    the CUDA-core GEMV on the H200). The copy costs as much memory as the weight; the log says so once. Empty for
+    every other weight."""
     if w.device.type != "cuda":
-        return
-    from .sparse_mma import packed_supported, prepare_packed
+        return {}
+    from .sparse_mma import pack_int4_for_sparse_mma, packed_supported
 
-    if packed_supported(w):
-        nbytes = prepare_packed(w)
-        info_once(f"sparse_nm: 2:4 int4 weights get a copy packed for the sparse tensor cores (decode); first "
-                  f"layer: +{nbytes / 2**20:.1f} MiB")
+    if not packed_supported(w):
+        return {}
+    tables = pack_int4_for_sparse_mma(w)
+    nbytes = sum(t.numel() * t.element_size() for t in tables.values())
+    info_once(f"sparse_nm: 2:4 int4 weights get a copy packed for the sparse tensor cores (decode); first layer: "
+              f"+{nbytes / 2**20:.1f} MiB")
+    return tables
 
 
 def expand(w: NMWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -79,13 +85,15 @@ def expand(w: NMWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return expand_reference(w, dtype)
 
 
-def nm_linear(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+def nm_linear(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None,
+              tables: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``y = x @ W.T + bias`` for an N:M weight.
 
     Args:
         x: ``[..., K]`` activations, float16 / bfloat16 / float32, on ``w``'s device.
         w: ``NMWeight`` with ``in_features == K``.
         bias: optional ``[N]``.
+        tables: ``kernel_tables(w)``, built once (2:4 int4: the sparse-tensor-core copy).
     Returns:
         ``[..., N]`` in ``x.dtype``.
     """
@@ -93,13 +101,13 @@ def nm_linear(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None) ->
     if x.device.type != "cuda":
         info_once(f"sparse_nm: input on {x.device.type}, not CUDA; using the torch reference (expand + matmul)")
         return nm_linear_reference(x, w, bias)
-    from .sparse_mma import nm24_sp_packed_gemv, packed_copy
+    from .sparse_mma import nm24_sp_packed_gemv
     from .triton_kernels import nm24_gemv, nm24_supported, nm_expand, nm_gemv
 
     x2 = x.reshape(-1, w.in_features)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    packed = packed_copy(w) if x2.dtype == torch.bfloat16 else None
+    packed = tables if tables and "packed_codes" in tables and x2.dtype == torch.bfloat16 else None
     if x2.shape[0] <= PACKED_MAX_M and packed is not None:
         y = nm24_sp_packed_gemv(x2, w, packed, bias)
     elif x2.shape[0] <= GEMV_MAX_M and nm24_supported(x2, w):

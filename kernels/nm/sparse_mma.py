@@ -26,13 +26,11 @@ codes, a word of x, two metadata words per chunk), so the load units, not the ma
 proves the fragment and metadata mapping of our format onto ``mma.sp``. ``_nm24_sp_packed_kernel`` reads
 int4 2:4 weights from a copy repacked into fragment order (``pack_int4_for_sparse_mma``: one 16-byte load
 of codes and one of metadata per lane per 4 chunks) and is what ``nm_linear`` runs at small M once
-``prepare_for_kernels`` made the copy (H200, 28672x8192, M=1: 0.039 ms, 3.4x dense bf16, twice as fast as
+``kernel_tables`` made the copy (H200, 28672x8192, M=1: 0.039 ms, 3.4x dense bf16, twice as fast as
 the CUDA-core GEMV).
 """
 
 from __future__ import annotations
-
-import weakref
 
 import torch
 import triton
@@ -207,10 +205,10 @@ _PAD_META = 0x44444444  # positions (0, 1) in every block: a valid pattern for p
 def pack_int4_for_sparse_mma(w: NMWeight) -> dict[str, torch.Tensor]:
     """Kernel-private copy of a 2:4 int4 weight in ``mma.sp`` fragment order (rows padded to 16, K % 128 == 0).
 
-    ``codes [T, K/128, 32 lanes, 4]`` int32: per 16-row tile, 4-chunk step and lane (g, t), one word per chunk
+    ``packed_codes [T, K/128, 32 lanes, 4]`` int32: per 16-row tile, 4-chunk step and lane (g, t), one word per chunk
     holding code bytes t and t+4 of rows g and g+8 (order: row g byte t, row g+8 byte t, row g byte t+4, row
-    g+8 byte t+4); ``meta [T, K/128, 16, 4]`` int32: per lane (g, t < 2), chunk c, the metadata word (k-half t
-    of row g in the low 16 bits, of row g+8 in the high 16); ``scales [T*16, K/2/group]`` padded.
+    g+8 byte t+4); ``packed_meta [T, K/128, 16, 4]`` int32: per lane (g, t < 2), chunk c, the metadata word
+    (k-half t of row g in the low 16 bits, of row g+8 in the high 16); ``packed_scales [T*16, K/2/group]`` padded.
     A derived layout (like Marlin's), rebuilt from ``w`` whenever needed; the checkpoint format is unchanged."""
     if (w.n, w.m, w.value_format) != (2, 4, "int4") or w.in_features % 128 or w.group_size % 64:
         raise ValueError("packing for the sparse tensor cores needs a 2:4 int4 weight, K % 128 == 0 and a group "
@@ -234,8 +232,8 @@ def pack_int4_for_sparse_mma(w: NMWeight) -> dict[str, torch.Tensor]:
     meta = meta.view(tiles, 8, chunks // PACK_CHUNKS, PACK_CHUNKS, 2).permute(0, 2, 1, 4, 3)
     meta = torch.where(meta >= 2**31, meta - 2**32, meta).to(torch.int32).contiguous()
     scales = torch.nn.functional.pad(w.scales, (0, 0, 0, n_pad))
-    return {"codes": codes_packed, "meta": meta.view(tiles, chunks // PACK_CHUNKS, 16, PACK_CHUNKS),
-            "scales": scales}
+    return {"packed_codes": codes_packed, "packed_meta": meta.view(tiles, chunks // PACK_CHUNKS, 16, PACK_CHUNKS),
+            "packed_scales": scales}
 
 
 @triton.jit
@@ -430,7 +428,8 @@ def nm24_sp_packed_gemv(x: torch.Tensor, w: NMWeight, packed: dict[str, torch.Te
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     ws = splitk_workspace(x.device, m * n) if splits > 1 else y
     _nm24_sp_packed_kernel[(programs, splits, m_programs)](
-        x, packed["codes"], packed["meta"], packed["scales"], bias if bias is not None else y, y, ws,
+        x, packed["packed_codes"], packed["packed_meta"], packed["packed_scales"], bias if bias is not None else y,
+        y, ws,
         n, w.in_features, m, x.stride(0), y.stride(0), 1, steps_per_split, GROUP=w.group_size, MB=blocks,
         SPLIT=splits > 1, HAS_BIAS=bias is not None, ASM=_MMA_SP_INT4, CONSTRAINTS=_CONSTRAINTS,
         num_warps_=num_warps, num_warps=num_warps,
@@ -438,27 +437,8 @@ def nm24_sp_packed_gemv(x: torch.Tensor, w: NMWeight, packed: dict[str, torch.Te
     return splitk_finish(ws, y, bias) if splits > 1 else y
 
 
-# id(values) -> packed copy; an entry leaves with its weight's values tensor (weakref.finalize)
-_PACKED: dict[int, dict[str, torch.Tensor]] = {}
-
-
 def packed_supported(w: NMWeight) -> bool:
     """The packed sparse-MMA GEMV applies to this weight: 2:4 int4, K % 128 == 0, group size a multiple of 64,
     on a CUDA GPU of compute capability 8.0 or newer."""
     return ((w.n, w.m, w.value_format) == (2, 4, "int4") and w.in_features % 128 == 0 and w.group_size % 64 == 0
             and w.device.type == "cuda" and torch.cuda.get_device_capability(w.device)[0] >= 8)
-
-
-def prepare_packed(w: NMWeight) -> int:
-    """Build (once) and cache the packed copy of ``w`` for the sparse tensor cores; returns its size in bytes."""
-    key = id(w.values)
-    if key not in _PACKED:
-        _PACKED[key] = pack_int4_for_sparse_mma(w)
-        weakref.finalize(w.values, _PACKED.pop, key, None)
-    return sum(t.numel() * t.element_size() for t in _PACKED[key].values())
-
-
-def packed_copy(w: NMWeight) -> dict[str, torch.Tensor] | None:
-    """The cached packed copy of ``w`` (``prepare_packed``), or ``None``."""
-    return _PACKED.get(id(w.values))
-

@@ -3,9 +3,8 @@
 linear layer) and matches eager. On CPU the ops run the torch reference; the GPU runs the same ops (device)."""
 
 import pytest
-import torch
-
 import sparseflow.kernels.ops  # noqa: F401
+import torch
 from sparseflow.kernels.gqsa import gqsa_linear_reference, quantize_rtn
 from sparseflow.kernels.nm import from_dense, nm_linear_reference
 

@@ -227,5 +227,45 @@ def bench_run(
     console.print(json.dumps(harness.environment()), markup=False, highlight=False)
 
 
+@bench_app.command("serve")
+def bench_serve(
+    preset: str = typer.Option("llama3-8b", help="model shapes: llama3-8b (random weights) or tiny (CPU smoke)"),
+    layers: int = typer.Option(None, help="override the preset's layer count"),
+    variants: str = typer.Option(",".join(["dense", "fp8", "w4-machete", "w4-marlin", "gqsa-w4s50", "gqsa-w4s20",
+                                           "nm24-bf16", "nm24-int4"]), help="comma-separated variant names"),
+    batches: str = typer.Option("1,8,32,128", help="decode batch sizes"),
+    new_tokens: int = typer.Option(128, help="tokens generated per sequence when timing decode"),
+    prompt_len: int = typer.Option(32, help="prompt tokens of the decode runs"),
+    prefill_len: int = typer.Option(2048, help="prompt tokens of the prefill run"),
+    prefill_batch: int = typer.Option(8, help="prompts in the prefill run"),
+    work: Path = typer.Option(Path("/tmp/sparseflow-serve"), help="where checkpoints are built (reused if there)"),
+    out_dir: Path = typer.Option(None, help="where the JSON and plot go (default: benchmarks/results in the repo)"),
+) -> None:
+    """Serve a random Llama (and its GQSA / N:M / vLLM-W4 / fp8 variants) with the real vLLM engine; print the
+    decode / prefill table, save JSON and a decode-vs-batch plot."""
+    from sparseflow.benchmarks import serve
+    from sparseflow.benchmarks.harness import RESULTS_DIR
+
+    settings = serve.Settings(preset=preset, layers=layers, batches=tuple(int(b) for b in batches.split(",")),
+                              new_tokens=new_tokens, prompt_len=prompt_len, prefill_len=prefill_len,
+                              prefill_batch=prefill_batch)
+    report = serve.run(work, settings, [v.strip() for v in variants.split(",") if v.strip()])
+    console.print(serve.table(report), markup=False, highlight=False)
+    path = serve.save(report, out_dir or RESULTS_DIR)
+    console.print(f"saved {path}")
+    try:
+        console.print(f"plot {serve.plot(report, path.with_suffix('.png'))}")
+    except ImportError:
+        console.print("matplotlib is not installed here: plot later with `sparseflow bench serve-plot JSON`")
+
+
+@bench_app.command("serve-plot")
+def bench_serve_plot(report: Path = typer.Argument(..., help="a serve-*.json from `sparseflow bench serve`")) -> None:
+    """Draw the decode-vs-batch plot of a saved serving report next to it."""
+    from sparseflow.benchmarks import serve
+
+    console.print(f"plot {serve.plot(json.loads(report.read_text()), report.with_suffix('.png'))}")
+
+
 if __name__ == "__main__":
     app()

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-
 from sparseflow.benchmarks.serve_models import PRESETS, gptq_pack, gptq_unpack, write_random_llama
 
 

@@ -238,6 +238,7 @@ def bench_serve(
     prompt_len: int = typer.Option(32, help="prompt tokens of the decode runs"),
     prefill_len: int = typer.Option(2048, help="prompt tokens of the prefill run"),
     prefill_batch: int = typer.Option(8, help="prompts in the prefill run"),
+    repeats: int = typer.Option(3, help="each timing is the best of this many runs"),
     work: Path = typer.Option(Path("/tmp/sparseflow-serve"), help="where checkpoints are built (reused if there)"),
     out_dir: Path = typer.Option(None, help="where the JSON and plot go (default: benchmarks/results in the repo)"),
 ) -> None:
@@ -248,7 +249,7 @@ def bench_serve(
 
     settings = serve.Settings(preset=preset, layers=layers, batches=tuple(int(b) for b in batches.split(",")),
                               new_tokens=new_tokens, prompt_len=prompt_len, prefill_len=prefill_len,
-                              prefill_batch=prefill_batch)
+                              prefill_batch=prefill_batch, repeats=repeats)
     report = serve.run(work, settings, [v.strip() for v in variants.split(",") if v.strip()])
     console.print(serve.table(report), markup=False, highlight=False)
     path = serve.save(report, out_dir or RESULTS_DIR)

@@ -43,8 +43,8 @@ def test_bench_serve_tiny_runs_every_cpu_variant_through_vllm(tmp_path):
     out = tmp_path / "out"
     cmd = [os.path.join(os.path.dirname(sys.executable), "sparseflow"), "bench", "serve", "--preset", "tiny",
            "--variants", "dense,fp8,gqsa-w4s50,nm24-int4", "--batches", "1,2", "--new-tokens", "4",
-           "--prompt-len", "8", "--prefill-len", "64", "--prefill-batch", "2", "--work", str(tmp_path / "work"),
-           "--out-dir", str(out)]
+           "--prompt-len", "8", "--prefill-len", "64", "--prefill-batch", "2", "--repeats", "1",
+           "--work", str(tmp_path / "work"), "--out-dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -69,11 +69,9 @@ def kernel_tables(w: NMWeight) -> dict[str, torch.Tensor]:
 
     if not packed_supported(w):
         return {}
-    tables = pack_int4_for_sparse_mma(w)
-    nbytes = sum(t.numel() * t.element_size() for t in tables.values())
-    info_once(f"sparse_nm: 2:4 int4 weights get a copy packed for the sparse tensor cores (decode); first layer: "
-              f"+{nbytes / 2**20:.1f} MiB")
-    return tables
+    info_once("sparse_nm: 2:4 int4 weights get a copy packed for the sparse tensor cores for decode (as many bytes "
+              "again as the int4 weight)")
+    return pack_int4_for_sparse_mma(w)
 
 
 def expand(w: NMWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:

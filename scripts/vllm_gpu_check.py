@@ -1,0 +1,164 @@
+"""GPU correctness of the GQSA and N:M vLLM methods on the reference model (issues 4-6): the model compressed with
+GQSA W4S50 and with N:M 2:4 + int4, served by ``vllm.LLM`` (torch.compile + CUDA graphs, bf16), must give
+
+* the same greedy tokens as transformers on the *dequantized* weights (each compressed linear replaced by a plain
+  ``nn.Linear`` holding its dense bf16 weight): first ``--tokens`` tokens of 5 prompts. "bf16 tolerance": where the
+  two first differ, transformers' logit of vLLM's token must be within ``--tol`` of its own best (a near tie that
+  bf16 rounding can flip); anything else is a mismatch;
+* with ``--tp N``, the same greedy tokens at TP=N as at TP=1.
+
+Each engine runs in its own process (vLLM's TP workers are processes too). Writes ``gpu_check.json`` with every token
+list and a verdict per checkpoint into ``--out``, and exits non-zero on a mismatch.
+
+    python scripts/vllm_gpu_check.py --out OUT [--tp 2] [--tokens 32]     # GPU machine with vLLM
+    python scripts/vllm_gpu_check.py --out OUT --tokens 4                 # smoke test of the script (CPU vLLM)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PROMPTS = [
+    "It was a dark and stormy night, and",
+    "The old man looked at the sea for",
+    "In the morning the village woke to",
+    "She opened the letter and read that",
+    "Nobody in the house could explain why",
+]
+
+
+def compress(out: Path, calibration: str) -> dict[str, Path]:
+    """The two checkpoints (cached under ``out``): GQSA W4S50 g16 (calibrated) and N:M 2:4 int4 g64 (SparseGPT +
+    GPTQ); small calibration budgets, as in the demo; ``calibration`` names a text (``sparseflow.texts``)."""
+    from sparseflow.compress import compress_gqsa, compress_nm
+    from sparseflow.compressors.gqsa import GQSARecipe
+    from sparseflow.compressors.nm import NMRecipe
+    from sparseflow.demo import DEMO_CALIBRATION
+    from sparseflow.reference import resolve_model
+
+    model = resolve_model("reference")
+    paths = {"gqsa_w4s50g16": out / "gqsa_w4s50g16", "nm_2of4_int4g64": out / "nm_2of4_int4g64"}
+    if not (paths["gqsa_w4s50g16"] / "config.json").exists():
+        compress_gqsa(model, paths["gqsa_w4s50g16"], recipe=GQSARecipe(bits=4, group_size=16, sparsity=0.5,
+                                                                       **DEMO_CALIBRATION), calibration=calibration)
+    if not (paths["nm_2of4_int4g64"] / "config.json").exists():
+        recipe = NMRecipe(n=2, m=4, prune="sparsegpt", value_format="int4", group_size=64, quantizer="gptq",
+                          samples=DEMO_CALIBRATION["samples"], seq_len=DEMO_CALIBRATION["seq_len"],
+                          batch_size=DEMO_CALIBRATION["batch_size"])
+        compress_nm(model, paths["nm_2of4_int4g64"], recipe, calibration=calibration)
+    return paths
+
+
+def _engine_child(model_dir: str, tp: int, tokens: int, result_file: str) -> None:
+    from transformers import AutoTokenizer
+
+    from sparseflow.serve import generate_greedy
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    out = generate_greedy(model_dir, prompts, max_tokens=tokens, tensor_parallel_size=tp)
+    Path(result_file).write_text(json.dumps(out))
+    os._exit(0)  # vLLM's teardown at interpreter exit can abort after the work is done
+
+
+def run_engine(model_dir: Path, tp: int, tokens: int, out: Path) -> list[list[int]]:
+    """Greedy tokens of ``model_dir`` at TP=``tp``, from a fresh process (this script in ``--child`` mode)."""
+    result = out / f"{model_dir.name}_tp{tp}.json"
+    cmd = [sys.executable, __file__, "--child", str(model_dir), str(tp), str(tokens), str(result)]
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0 or not result.exists():
+        raise RuntimeError(f"vLLM at TP={tp} on {model_dir} failed (exit {proc.returncode})")
+    return json.loads(result.read_text())
+
+
+def transformers_dequantized(model_dir: Path, prompts: list[list[int]], tokens: int) -> dict:
+    """Greedy tokens of transformers on the dequantized weights, and per-step logits (to judge near ties)."""
+    import torch
+
+    from sparseflow.hf_loader import load_model
+    from sparseflow.nn import GQSALinear, NMLinear
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = load_model(model_dir, dtype=dtype, device=device)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (GQSALinear, NMLinear)):
+            dense = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                    device=device, dtype=dtype)
+            dense.weight.data = module.dequantized_weight(torch.float32).to(dtype)
+            if module.bias is not None:
+                dense.bias.data = module.bias.data.to(dtype)
+            model.set_submodule(name, dense)
+    greedy, logits = [], []
+    with torch.no_grad():
+        for p in prompts:
+            ids = torch.tensor([p], device=device)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, do_sample=False,
+                                 min_new_tokens=tokens, pad_token_id=0, output_logits=True,
+                                 return_dict_in_generate=True)
+            greedy.append(out.sequences[0, len(p):].tolist())
+            logits.append([step[0].float().cpu() for step in out.logits])
+    return {"greedy": greedy, "logits": logits}
+
+
+def compare_with_tolerance(vllm_greedy: list[list[int]], hf: dict, tol: float) -> list[dict]:
+    """Per prompt: equal, or the first differing step and transformers' logit gap there (near tie if <= tol)."""
+    verdicts = []
+    for i, (ours, theirs) in enumerate(zip(vllm_greedy, hf["greedy"], strict=True)):
+        first = next((t for t, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), None)
+        if first is None:
+            verdicts.append({"prompt": i, "equal": True})
+            continue
+        step = hf["logits"][i][first]
+        gap = float(step.max() - step[ours[first]])
+        verdicts.append({"prompt": i, "equal": False, "first_difference": first, "logit_gap": gap,
+                         "near_tie": gap <= tol})
+    return verdicts
+
+
+def main() -> int:
+    if len(sys.argv) == 6 and sys.argv[1] == "--child":
+        _engine_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tp", type=int, default=1, help="also run at this tensor-parallel size and compare with TP=1")
+    p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--tol", type=float, default=0.125, help="logit gap counted as a bf16 near tie")
+    p.add_argument("--calibration", default="builtin-calibration", help="text name or file (sparseflow.texts)")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    from transformers import AutoTokenizer
+
+    report = {"tp": args.tp, "tokens": args.tokens, "tol": args.tol, "prompts": PROMPTS, "checkpoints": {}}
+    ok = True
+    for name, path in compress(args.out, args.calibration).items():
+        tok = AutoTokenizer.from_pretrained(str(path))
+        prompts = [tok(p)["input_ids"] for p in PROMPTS]
+        base = run_engine(path, 1, args.tokens, args.out)
+        hf = transformers_dequantized(path, prompts, args.tokens)
+        verdicts = compare_with_tolerance(base, hf, args.tol)
+        vs_hf = all(v["equal"] or v["near_tie"] for v in verdicts)
+        entry = {"vllm_tp1": base, "transformers_dequantized": hf["greedy"], "vs_transformers": verdicts,
+                 "vs_transformers_ok": vs_hf}
+        print(f"{name}: vLLM vs transformers (dequantized): "
+              f"{sum(v['equal'] for v in verdicts)}/{len(verdicts)} prompts equal, "
+              f"{'OK' if vs_hf else 'MISMATCH'}", flush=True)
+        ok &= vs_hf
+        if args.tp != 1:
+            other = run_engine(path, args.tp, args.tokens, args.out)
+            equal = base == other
+            ok &= equal
+            entry.update({f"vllm_tp{args.tp}": other, "tp_equal": equal})
+            print(f"{name}: TP=1 vs TP={args.tp} greedy tokens {'equal' if equal else 'DIFFER'}", flush=True)
+        report["checkpoints"][name] = entry
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,3 +22,15 @@ def sparseflow_linear_methods() -> list[Feature]:
             target="sparseflow.vllm_ext.nm:NMConfig",
         ),
     ]
+
+
+@hookimpl
+def sparseflow_peft_methods() -> list[Feature]:
+    return [
+        Feature(
+            kind="peft_method",
+            name="dsee",
+            summary="DSEE: LoRA pair + a sparse update on a support fixed from W (indices + values), for PEFT",
+            target="sparseflow.peft_ext:DSEEConfig",
+        ),
+    ]

@@ -1,0 +1,8 @@
+"""DSEE as a PEFT method: ``get_peft_model(model, DSEEConfig(...))``."""
+
+from .config import DSEEConfig
+from .layer import DSEELayer, DSEELinear, sparse_linear
+from .model import DSEEModel
+from .support import select_support, support_size
+
+__all__ = ["DSEEConfig", "DSEELayer", "DSEELinear", "DSEEModel", "select_support", "sparse_linear", "support_size"]

@@ -1,0 +1,145 @@
+"""The DSEE layer: a frozen ``nn.Linear`` plus, per adapter, ``dsee_A [r, in]``, ``dsee_B [out, r]`` and the sparse
+update's ``dsee_values [nnz]`` at ``dsee_indices [nnz]`` (flat indices into ``[out, in]``, a buffer)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+
+from .config import DSEEConfig
+from .support import select_support, support_size
+
+
+class _Buffers(nn.Module):
+    """Per-adapter buffers saved with the adapter (``dsee_indices.<adapter>`` in the state dict)."""
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._buffers[name]
+
+    def __setitem__(self, name: str, value: torch.Tensor) -> None:
+        self.register_buffer(name, value, persistent=True)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._buffers
+
+    def keys(self):
+        return self._buffers.keys()
+
+    def pop(self, name: str, default=None):
+        return self._buffers.pop(name, default)
+
+
+def sparse_linear(x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, out_features: int,
+                  in_features: int) -> torch.Tensor:
+    """``x [..., in] @ S.T`` for S given by flat ``indices`` and ``values``, without a dense S: gather the inputs
+    each entry reads, weigh them, add them into their output rows. O(tokens x nnz) time and memory."""
+    rows, cols = indices // in_features, indices % in_features
+    flat = x.reshape(-1, in_features)
+    contrib = flat.index_select(1, cols) * values.to(x.dtype)
+    out = flat.new_zeros(flat.shape[0], out_features).index_add(1, rows, contrib)
+    return out.reshape(*x.shape[:-1], out_features)
+
+
+class DSEELayer(BaseTunerLayer):
+    adapter_layer_names = ("dsee_A", "dsee_B", "dsee_values")
+    other_param_names = ("dsee_indices", "dsee_scale")
+
+    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+        self.base_layer = base_layer
+        self.dsee_A = nn.ParameterDict({})
+        self.dsee_B = nn.ParameterDict({})
+        self.dsee_values = nn.ParameterDict({})
+        self.dsee_indices = _Buffers()
+        self.dsee_scale: dict[str, float] = {}
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self.kwargs = kwargs
+        base = self.get_base_layer()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"DSEE adapts torch.nn.Linear layers; got {type(base).__name__}")
+        self.in_features, self.out_features = base.in_features, base.out_features
+
+    def update_layer(self, adapter_name: str, config: DSEEConfig) -> None:
+        if config.r > min(self.in_features, self.out_features):
+            raise ValueError(f"DSEE rank r={config.r} is larger than the layer "
+                             f"[{self.out_features}, {self.in_features}] allows")
+        weight = self.get_base_layer().weight
+        nnz = support_size(config.sparse_size, weight.numel())
+        self.dsee_A[adapter_name] = nn.Parameter(torch.empty(config.r, self.in_features))
+        nn.init.kaiming_uniform_(self.dsee_A[adapter_name], a=math.sqrt(5))
+        self.dsee_B[adapter_name] = nn.Parameter(torch.zeros(self.out_features, config.r))
+        self.dsee_values[adapter_name] = nn.Parameter(torch.zeros(nnz))
+        self.dsee_indices[adapter_name] = select_support(weight, nnz, config.sparse_init, config.decomposition_rank,
+                                                         seed=config.seed).cpu()
+        self.dsee_scale[adapter_name] = config.lora_alpha / config.r
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def sparse_dense(self, adapter: str) -> torch.Tensor:
+        """S as a dense ``[out, in]`` matrix (for merging and inspection)."""
+        values = self.dsee_values[adapter]
+        dense = values.new_zeros(self.out_features * self.in_features)
+        return dense.index_put((self.dsee_indices[adapter].to(values.device),), values).view(self.out_features,
+                                                                                              self.in_features)
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """``scale * (B A + S)``, ``[out, in]``."""
+        return self.dsee_scale[adapter] * (self.dsee_B[adapter] @ self.dsee_A[adapter] + self.sparse_dense(adapter))
+
+
+class DSEELinear(nn.Module, DSEELayer):
+    """``nn.Linear`` with DSEE adapters: ``y = base(x) + scale * (x A^T B^T + x S^T)``."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: DSEEConfig, **kwargs: Any) -> None:
+        super().__init__()
+        DSEELayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        for adapter in check_adapters_to_merge(self, adapter_names):
+            if adapter not in self.dsee_A:
+                continue
+            weight = self.get_base_layer().weight
+            delta = self.get_delta_weight(adapter).to(weight.dtype)
+            merged = weight.data + delta
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(f"merging DSEE adapter {adapter!r} gives non-finite weights")
+            weight.data = merged
+            self.merged_adapters.append(adapter)
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("DSEE: nothing merged, nothing to unmerge", stacklevel=2)
+            return
+        while self.merged_adapters:
+            adapter = self.merged_adapters.pop()
+            if adapter in self.dsee_A:
+                weight = self.get_base_layer().weight
+                weight.data -= self.get_delta_weight(adapter).to(weight.dtype)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        for adapter in self.active_adapters:
+            if adapter not in self.dsee_A:
+                continue
+            a, b, values = self.dsee_A[adapter], self.dsee_B[adapter], self.dsee_values[adapter]
+            xa = x.to(a.dtype)
+            update = (xa @ a.t()) @ b.t() + sparse_linear(xa, self.dsee_indices[adapter], values, self.out_features,
+                                                          self.in_features)
+            result = result + (self.dsee_scale[adapter] * update).to(result.dtype)
+        return result
+
+    def __repr__(self) -> str:
+        return "dsee." + super().__repr__()

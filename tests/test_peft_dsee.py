@@ -1,0 +1,173 @@
+"""DSEE through PEFT's own API (get_peft_model, save_pretrained, PeftModel.from_pretrained, merge_and_unload) on a
+real transformers Llama, CPU, fp32."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import sparseflow.peft_ext  # noqa: F401  (registers the methods)
+import torch
+from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file
+from sparseflow.peft_ext import DSEEConfig
+from sparseflow.peft_ext.dsee import DSEELinear, select_support, sparse_linear, support_size
+from transformers import LlamaConfig, LlamaForCausalLM
+
+TARGETS = ["q_proj", "v_proj", "down_proj"]
+
+
+def _llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                      num_hidden_layers=2, vocab_size=100, tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _batch(seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(seed))
+
+
+def _train(model, steps: int = 5) -> list[float]:
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for step in range(steps):
+        x = _batch(step)
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def test_only_the_adapter_trains_and_starts_as_the_identity():
+    base = _llama()
+    x = _batch()
+    with torch.no_grad():
+        want = base(input_ids=x).logits
+    before = {n: p.detach().clone() for n, p in base.named_parameters()}
+    model = get_peft_model(base, DSEEConfig(r=4, sparse_size=32, target_modules=TARGETS))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=x).logits, want)  # B = 0 and S = 0 at the start
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".dsee_" in n for n in trainable)
+    layers = [m for m in model.modules() if isinstance(m, DSEELinear)]
+    assert len(layers) == 2 * len(TARGETS)
+    want_count = sum(4 * (m.in_features + m.out_features) + 32 for m in layers)
+    assert sum(p.numel() for n, p in model.named_parameters() if p.requires_grad) == want_count
+    _train(model)
+    after = dict(model.get_base_model().named_parameters())
+    for name, p in before.items():
+        key = name if name in after else name.replace(".weight", ".base_layer.weight")
+        assert torch.equal(after[key], p), f"{name} changed: the base model must stay frozen"
+    assert any(m.dsee_values["default"].abs().sum() > 0 for m in layers)
+
+
+def test_save_stores_indices_and_values_only_and_loads_back(tmp_path):
+    model = get_peft_model(_llama(), DSEEConfig(r=4, sparse_size=0.01, sparse_init="magnitude",
+                                                target_modules=TARGETS))
+    _train(model, 3)
+    x = _batch(7)
+    with torch.no_grad():
+        want = model(input_ids=x).logits
+    model.save_pretrained(tmp_path / "adapter")
+    saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    q = "base_model.model.model.layers.0.self_attn.q_proj"
+    nnz = support_size(0.01, 64 * 64)
+    assert saved[f"{q}.dsee_values"].shape == (nnz,) and saved[f"{q}.dsee_indices"].shape == (nnz,)
+    assert all(t.numel() < 64 * 64 for t in saved.values()), "no dense S (or any dense update) is saved"
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "DSEE"
+    loaded = PeftModel.from_pretrained(_llama(), tmp_path / "adapter")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=x).logits, want)
+
+
+def test_merge_and_unload_match_the_adapter_and_the_base():
+    model = get_peft_model(_llama(), DSEEConfig(r=4, sparse_size=48, target_modules=TARGETS))
+    _train(model, 3)
+    x = _batch(3)
+    with torch.no_grad():
+        want = model(input_ids=x).logits
+        with model.disable_adapter():
+            base_out = model(input_ids=x).logits
+    merged = model.merge_and_unload()
+    assert not any(isinstance(m, DSEELinear) for m in merged.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=x).logits, want, rtol=1e-4, atol=1e-4)
+    model2 = get_peft_model(_llama(), DSEEConfig(r=4, sparse_size=48, target_modules=TARGETS))
+    with torch.no_grad():
+        torch.testing.assert_close(model2.unload()(input_ids=x).logits, base_out)
+
+
+def test_sparse_linear_equals_a_dense_sparse_matrix():
+    torch.manual_seed(0)
+    out_f, in_f = 7, 13
+    idx = torch.sort(torch.randperm(out_f * in_f)[:20]).values
+    values = torch.randn(20)
+    dense = torch.zeros(out_f * in_f).index_put((idx,), values).view(out_f, in_f)
+    x = torch.randn(3, 5, in_f)
+    torch.testing.assert_close(sparse_linear(x, idx, values, out_f, in_f), x @ dense.t())
+
+
+def test_grebsmo_support_finds_what_the_low_rank_part_cannot_explain():
+    """W = a strong rank-1 matrix + 12 spikes smaller than its largest entries: magnitude picks rank-1 entries,
+    the low-rank + sparse decomposition picks the spikes."""
+    torch.manual_seed(0)
+    u, v = torch.randn(40, 1), torch.randn(1, 30)
+    w = 3 * (u @ v)
+    spikes = torch.randperm(w.numel())[:12]
+    w.view(-1)[spikes] += 4.0
+    grebsmo = set(select_support(w, 12, "grebsmo", rank=1).tolist())
+    magnitude = set(select_support(w, 12, "magnitude").tolist())
+    assert len(grebsmo & set(spikes.tolist())) >= 11
+    assert len(magnitude & set(spikes.tolist())) < len(grebsmo & set(spikes.tolist()))
+    random = select_support(w, 12, "random", seed=3)
+    assert torch.equal(random, select_support(w, 12, "random", seed=3)) and random.unique().numel() == 12
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"r": 0}, "r must be >= 1"),
+    ({"sparse_size": 0}, "sparse_size must be > 0"),
+    ({"sparse_size": -0.5}, "sparse_size must be > 0"),
+    ({"sparse_init": "svd"}, "is not one of"),
+])
+def test_bad_configs_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DSEEConfig(target_modules=TARGETS, **kwargs)
+
+
+def test_bad_layers_and_targets_are_refused():
+    with pytest.raises(ValueError, match="larger than the layer"):
+        get_peft_model(_llama(), DSEEConfig(r=65, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="whole number"):
+        get_peft_model(_llama(), DSEEConfig(sparse_size=2.5, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="the layer has"):
+        get_peft_model(_llama(), DSEEConfig(sparse_size=10**6, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match=r"not found in the base model|Target modules"):
+        get_peft_model(_llama(), DSEEConfig(target_modules=["no_such_proj"]))
+
+
+def test_loading_without_the_plugin_fails_and_the_file_says_what_to_import(tmp_path):
+    get_peft_model(_llama(), DSEEConfig(r=2, sparse_size=8, target_modules=["q_proj"])).save_pretrained(tmp_path / "a")
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert "import sparseflow.peft_ext" in config["requires"]
+    code = f"""
+from peft import PeftConfig
+PeftConfig.from_pretrained({str(tmp_path / 'a')!r})
+"""
+    # a fresh interpreter that never imported sparseflow.peft_ext: PEFT does not know the type
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "DSEE" in proc.stderr
+
+
+def test_registration_refuses_a_peft_outside_the_tested_range(monkeypatch):
+    import peft
+    from sparseflow.peft_ext._registry import check_peft_version
+
+    monkeypatch.setattr(peft, "__version__", "0.99.0")
+    with pytest.raises(ImportError, match="tested with peft"):
+        check_peft_version()

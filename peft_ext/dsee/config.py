@@ -24,7 +24,10 @@ class DSEEConfig(PeftConfig):
         decomposition_rank: rank of the low-rank part in the ``grebsmo`` decomposition.
         target_modules: module names (or a regex) to adapt; default: the model type's usual attention
             projections (PEFT's LoRA defaults).
+        modules_to_save: modules (e.g. a classification head) trained in full and saved with the adapter.
         seed: seed of the ``random`` support.
+        init_weights: ``True`` (default): B and S start at zero, so the adapted model starts equal to the base;
+            ``False``: small random values (PEFT's test battery uses it to check merging of a non-trivial update).
     """
 
     r: int = field(default=8, metadata={"help": "rank of the low-rank part B A"})
@@ -33,7 +36,10 @@ class DSEEConfig(PeftConfig):
     sparse_init: str = field(default="grebsmo", metadata={"help": f"support of S: one of {SUPPORT_METHODS}"})
     decomposition_rank: int = field(default=8, metadata={"help": "low rank used by the grebsmo support"})
     target_modules: list[str] | str | None = field(default=None, metadata={"help": "modules to adapt"})
+    modules_to_save: list[str] | None = field(default=None, metadata={"help": "modules trained in full and saved"})
     seed: int = field(default=0, metadata={"help": "seed of the random support"})
+    init_weights: bool = field(default=True, metadata={"help": "B and S start at zero (the adapter starts as the "
+                                                               "identity); False: small random values (tests)"})
     requires: str = field(default=LOAD_HINT, metadata={"help": "saved with the adapter: what loading it needs"})
 
     def __post_init__(self) -> None:

@@ -24,11 +24,26 @@ class _Buffers(nn.Module):
     def __setitem__(self, name: str, value: torch.Tensor) -> None:
         self.register_buffer(name, value, persistent=True)
 
+    def __delitem__(self, name: str) -> None:
+        del self._buffers[name]
+
     def __contains__(self, name: str) -> bool:
         return name in self._buffers
 
+    def __iter__(self):
+        return iter(self._buffers)
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
     def keys(self):
         return self._buffers.keys()
+
+    def items(self):
+        return self._buffers.items()
+
+    def values(self):
+        return self._buffers.values()
 
     def pop(self, name: str, default=None):
         return self._buffers.pop(name, default)
@@ -74,6 +89,10 @@ class DSEELayer(BaseTunerLayer):
         nn.init.kaiming_uniform_(self.dsee_A[adapter_name], a=math.sqrt(5))
         self.dsee_B[adapter_name] = nn.Parameter(torch.zeros(self.out_features, config.r))
         self.dsee_values[adapter_name] = nn.Parameter(torch.zeros(nnz))
+        if not config.init_weights:
+            with torch.no_grad():
+                self.dsee_B[adapter_name].normal_(0.0, 0.1)
+                self.dsee_values[adapter_name].normal_(0.0, 0.1)
         self.dsee_indices[adapter_name] = select_support(weight, nnz, config.sparse_init, config.decomposition_rank,
                                                          seed=config.seed).cpu()
         self.dsee_scale[adapter_name] = config.lora_alpha / config.r

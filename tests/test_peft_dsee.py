@@ -171,3 +171,50 @@ def test_registration_refuses_a_peft_outside_the_tested_range(monkeypatch):
     monkeypatch.setattr(peft, "__version__", "0.99.0")
     with pytest.raises(ImportError, match="tested with peft"):
         check_peft_version()
+
+
+def test_unstructured_pruning_by_weight_or_by_update():
+    from sparseflow.peft_ext.dsee import prune_unstructured
+
+    results = {}
+    for score in ("weight", "delta"):
+        model = get_peft_model(_llama(), DSEEConfig(r=4, sparse_size=48, target_modules=TARGETS))
+        _train(model, 3)
+        pruned, report = prune_unstructured(model, 0.5, score=score)
+        assert not any(isinstance(m, DSEELinear) for m in pruned.modules())
+        assert set(report) == {f"model.layers.{i}.{p}" for i in range(2) for p in
+                               ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")}
+        assert all(0.49 <= s <= 0.52 for s in report.values()), report
+        assert torch.isfinite(pruned(input_ids=_batch()).logits).all()
+        results[score] = pruned.model.layers[0].self_attn.q_proj.weight != 0
+    assert not torch.equal(results["weight"], results["delta"])  # the two scores keep different weights
+    with pytest.raises(ValueError, match="sparsity must be in"):
+        prune_unstructured(get_peft_model(_llama(), DSEEConfig(target_modules=TARGETS)), 1.0)
+
+
+def test_head_pruning_gives_a_smaller_model_that_saves_and_loads(tmp_path):
+    from sparseflow.peft_ext.dsee import head_scores, prune_heads
+
+    model = get_peft_model(_llama(), DSEEConfig(r=4, sparse_size=16, target_modules=["q_proj", "o_proj"],
+                                                init_weights=False))
+    # make query head 1 (KV group 0) and head 2 (group 1) carry the big updates in layer 0
+    layer0 = model.base_model.model.model.layers[0].self_attn
+    with torch.no_grad():
+        layer0.q_proj.dsee_B["default"][16:32] *= 50  # head 1 of 4 (head_dim 16)
+        layer0.q_proj.dsee_B["default"][32:48] *= 50  # head 2
+    scores = head_scores(model)
+    assert set(scores) == {0, 1} and scores[0].shape == (4,)
+    assert scores[0].argsort(descending=True)[:2].sort().values.tolist() == [1, 2]
+    x = _batch()
+    small = prune_heads(model, heads_per_group=1)
+    assert small.config.num_attention_heads == 2 and small.model.layers[0].self_attn.q_proj.out_features == 32
+    assert small.model.layers[0].self_attn.o_proj.in_features == 32
+    with torch.no_grad():
+        want = small(input_ids=x).logits
+    small.save_pretrained(tmp_path / "small")
+    loaded = LlamaForCausalLM.from_pretrained(tmp_path / "small").eval()
+    assert sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in _llama().parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=x).logits, want)
+    with pytest.raises(ValueError, match="heads_per_group must be in"):
+        prune_heads(get_peft_model(_llama(), DSEEConfig(target_modules=["q_proj"])), heads_per_group=2)

@@ -3,6 +3,8 @@
 from .config import DSEEConfig
 from .layer import DSEELayer, DSEELinear, sparse_linear
 from .model import DSEEModel
+from .prune import head_scores, prune_heads, prune_unstructured
 from .support import select_support, support_size
 
-__all__ = ["DSEEConfig", "DSEELayer", "DSEELinear", "DSEEModel", "select_support", "sparse_linear", "support_size"]
+__all__ = ["DSEEConfig", "DSEELayer", "DSEELinear", "DSEEModel", "head_scores", "prune_heads", "prune_unstructured",
+           "select_support", "sparse_linear", "support_size"]

@@ -14,8 +14,10 @@ except ImportError as err:  # pragma: no cover - the message is the point
 
 from ._registry import LOAD_HINT, SparseflowPeftType, check_peft_version, register
 from .dsee import DSEEConfig, DSEEModel
+from .gs_lora import GSLoRAConfig, GSLoRAModel
 
 check_peft_version()
 register(SparseflowPeftType.DSEE, DSEEConfig, DSEEModel)
+register(SparseflowPeftType.GS_LORA, GSLoRAConfig, GSLoRAModel)
 
-__all__ = ["LOAD_HINT", "DSEEConfig", "DSEEModel", "SparseflowPeftType"]
+__all__ = ["LOAD_HINT", "DSEEConfig", "DSEEModel", "GSLoRAConfig", "GSLoRAModel", "SparseflowPeftType"]

@@ -33,4 +33,10 @@ def sparseflow_peft_methods() -> list[Feature]:
             summary="DSEE: LoRA pair + a sparse update on a support fixed from W (indices + values), for PEFT",
             target="sparseflow.peft_ext:DSEEConfig",
         ),
+        Feature(
+            kind="peft_method",
+            name="gs_lora",
+            summary="GS-LoRA: FFN LoRA in groups switched off by a proximal group lasso; bounded forgetting loss",
+            target="sparseflow.peft_ext:GSLoRAConfig",
+        ),
     ]

@@ -1,0 +1,17 @@
+"""GS-LoRA as a PEFT method: ``get_peft_model(model, GSLoRAConfig(...))`` plus ``GroupSparsityCallback`` (the group
+lasso) and ``ForgettingTrainer`` (retain + bounded forget loss)."""
+
+from .config import GSLoRAConfig
+from .layer import GSLoRALayer, GSLoRALinear
+from .model import GSLoRAModel, group_of
+from .sparsity import (
+    ForgettingTrainer,
+    GroupSparsityCallback,
+    forgetting_loss,
+    group_norms,
+    group_soft_threshold,
+    groups,
+)
+
+__all__ = ["ForgettingTrainer", "GSLoRAConfig", "GSLoRALayer", "GSLoRALinear", "GSLoRAModel", "GroupSparsityCallback",
+           "forgetting_loss", "group_norms", "group_of", "group_soft_threshold", "groups"]

@@ -1,0 +1,101 @@
+"""The group lasso as a proximal step, the forgetting loss, and which groups survive.
+
+The group lasso is not added to the loss: trainers such as TRL's GRPO ignore extra loss terms a model returns, and
+a subgradient never reaches exact zeros. ``GroupSparsityCallback`` instead applies the lasso's proximal operator
+after every optimizer step, shrinking each group's weights toward zero by ``lr * strength`` in norm; a group whose
+norm is below that becomes exactly zero and stays so unless the task gradient revives it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback
+
+from .layer import GSLoRALayer
+
+
+def groups(model: torch.nn.Module, adapter: str = "default") -> dict[str, list[torch.nn.Parameter]]:
+    """Group name -> the LoRA parameters (A and B of every module) in it."""
+    out: dict[str, list[torch.nn.Parameter]] = defaultdict(list)
+    for module in model.modules():
+        if isinstance(module, GSLoRALayer) and adapter in module.gs_lora_A:
+            group = module.gs_lora_group[adapter]
+            out[group] += [module.gs_lora_A[adapter], module.gs_lora_B[adapter]]
+    if not out:
+        raise ValueError(f"no GS-LoRA layers with adapter {adapter!r} in the model")
+    return dict(out)
+
+
+def group_norms(model: torch.nn.Module, adapter: str = "default") -> dict[str, float]:
+    """Group name -> the L2 norm of all its weights (0.0: the group is switched off)."""
+    with torch.no_grad():
+        return {g: float(torch.sqrt(sum(p.float().pow(2).sum() for p in ps)))
+                for g, ps in groups(model, adapter).items()}
+
+
+@torch.no_grad()
+def group_soft_threshold(model: torch.nn.Module, threshold: float, adapter: str = "default") -> int:
+    """The group lasso's proximal step: every group scaled by ``max(0, 1 - threshold / ||group||)``. Returns the
+    number of groups that are exactly zero afterwards."""
+    zero = 0
+    for params in groups(model, adapter).values():
+        norm = torch.sqrt(sum(p.float().pow(2).sum() for p in params))
+        factor = torch.clamp(1 - threshold / norm.clamp_min(1e-30), min=0.0)
+        for p in params:
+            p.mul_(factor.to(p.dtype))
+        zero += bool(factor == 0)
+    return zero
+
+
+class GroupSparsityCallback(TrainerCallback):
+    """After every optimizer step: the proximal group-lasso step with threshold ``lr * group_lasso * ramp`` (ramp
+    rising linearly over the config's ``warmup_steps``). Works with any ``transformers`` trainer, GRPO included.
+    ``zeroed`` holds, per logged step, how many groups were exactly zero."""
+
+    def __init__(self, adapter: str = "default") -> None:
+        self.adapter = adapter
+        self.zeroed: list[tuple[int, int]] = []
+
+    def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        config = model.peft_config[self.adapter]
+        ramp = min(1.0, (state.global_step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        lr = optimizer.param_groups[0]["lr"]
+        self.zeroed.append((state.global_step, group_soft_threshold(model, lr * config.group_lasso * ramp,
+                                                                    self.adapter)))
+        return control
+
+
+def forgetting_loss(retain_ce: torch.Tensor, forget_ce: torch.Tensor, beta: float, bound: float) -> torch.Tensor:
+    """``retain CE + beta * ReLU(bound - forget CE)``: keep what should stay, push the forgotten data's loss up
+    to ``bound`` and no further (an unbounded ascent would wreck the model)."""
+    return retain_ce + beta * F.relu(bound - forget_ce)
+
+
+def _mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the non-ignored (-100) positions; 0 if there are none."""
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                           ignore_index=-100, reduction="sum")
+    count = (shift_labels != -100).sum()
+    return loss / count.clamp_min(1)
+
+
+class ForgettingTrainer(Trainer):
+    """A ``Trainer`` whose batches mix data to retain and data to forget: each example carries ``forget`` (1 or 0)
+    and the loss is ``forgetting_loss`` of the two groups' mean token cross-entropies."""
+
+    def __init__(self, *args, beta: float = 0.2, bound: float = 10.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.beta, self.bound = beta, bound
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        forget = inputs.pop("forget").bool()
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        retain_ce = _mean_ce(outputs.logits[~forget], labels[~forget])
+        forget_ce = _mean_ce(outputs.logits[forget], labels[forget])
+        loss = forgetting_loss(retain_ce, forget_ce, self.beta, self.bound) if forget.any() else retain_ce
+        return (loss, outputs) if return_outputs else loss

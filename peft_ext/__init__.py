@@ -15,9 +15,12 @@ except ImportError as err:  # pragma: no cover - the message is the point
 from ._registry import LOAD_HINT, SparseflowPeftType, check_peft_version, register
 from .dsee import DSEEConfig, DSEEModel
 from .gs_lora import GSLoRAConfig, GSLoRAModel
+from .pst import PSTConfig, PSTModel
 
 check_peft_version()
 register(SparseflowPeftType.DSEE, DSEEConfig, DSEEModel)
 register(SparseflowPeftType.GS_LORA, GSLoRAConfig, GSLoRAModel)
+register(SparseflowPeftType.PST, PSTConfig, PSTModel)
 
-__all__ = ["LOAD_HINT", "DSEEConfig", "DSEEModel", "GSLoRAConfig", "GSLoRAModel", "SparseflowPeftType"]
+__all__ = ["LOAD_HINT", "DSEEConfig", "DSEEModel", "GSLoRAConfig", "GSLoRAModel", "PSTConfig", "PSTModel",
+           "SparseflowPeftType"]

@@ -39,4 +39,10 @@ def sparseflow_peft_methods() -> list[Feature]:
             summary="GS-LoRA: FFN LoRA in groups switched off by a proximal group lasso; bounded forgetting loss",
             target="sparseflow.peft_ext:GSLoRAConfig",
         ),
+        Feature(
+            kind="peft_method",
+            name="pst",
+            summary="PST: sparse fine-tuning with a learnt mask (cubic schedule); exports N:M / GQSA checkpoints",
+            target="sparseflow.peft_ext:PSTConfig",
+        ),
     ]

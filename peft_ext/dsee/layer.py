@@ -11,42 +11,9 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
+from .._buffers import AdapterBuffers as _Buffers
 from .config import DSEEConfig
 from .support import select_support, support_size
-
-
-class _Buffers(nn.Module):
-    """Per-adapter buffers saved with the adapter (``dsee_indices.<adapter>`` in the state dict)."""
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self._buffers[name]
-
-    def __setitem__(self, name: str, value: torch.Tensor) -> None:
-        self.register_buffer(name, value, persistent=True)
-
-    def __delitem__(self, name: str) -> None:
-        del self._buffers[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._buffers
-
-    def __iter__(self):
-        return iter(self._buffers)
-
-    def __len__(self) -> int:
-        return len(self._buffers)
-
-    def keys(self):
-        return self._buffers.keys()
-
-    def items(self):
-        return self._buffers.items()
-
-    def values(self):
-        return self._buffers.values()
-
-    def pop(self, name: str, default=None):
-        return self._buffers.pop(name, default)
 
 
 def sparse_linear(x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, out_features: int,

@@ -218,3 +218,12 @@ def test_head_pruning_gives_a_smaller_model_that_saves_and_loads(tmp_path):
         torch.testing.assert_close(loaded(input_ids=x).logits, want)
     with pytest.raises(ValueError, match="heads_per_group must be in"):
         prune_heads(get_peft_model(_llama(), DSEEConfig(target_modules=["q_proj"])), heads_per_group=2)
+
+
+def test_loading_an_adapter_saved_by_another_method_is_refused(tmp_path):
+    from sparseflow.peft_ext import GSLoRAConfig
+
+    get_peft_model(_llama(), GSLoRAConfig(r=2)).save_pretrained(tmp_path / "gs")
+    model = get_peft_model(_llama(), DSEEConfig(r=2, sparse_size=8, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="different peft types.*DSEE.*GS_LORA"):
+        model.load_adapter(tmp_path / "gs", adapter_name="other")

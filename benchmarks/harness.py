@@ -53,7 +53,7 @@ def register(name: str):
 
 
 def available() -> list[str]:
-    from . import gqsa_linear, gqsa_sparse, gqsa_tiles, nm_sparse  # noqa: F401  (they register themselves)
+    from . import gqsa_linear, gqsa_sparse, gqsa_tiles, nm_sparse, peft_step  # noqa: F401  (they register themselves)
 
     return sorted(_BENCHMARKS)
 
@@ -187,7 +187,8 @@ def format_table(rows: list[Row], baseline: str) -> str:
                 lines.append(f"{case:<28} {r.impl:<22} {'n/a':>9} {'':>16} {'':>10}  {r.note}")
                 continue
             ratio = f"{base / r.ms:.2f}x" if base else ""
-            lines.append(f"{case:<28} {r.impl:<22} {r.ms:>9.4f} {ratio:>16} {100 * r.floor_ms / r.ms:>9.0f}%  {r.note}")
+            floor = f"{100 * r.floor_ms / r.ms:>9.0f}%" if r.floor_ms else f"{'':>10}"  # no byte/FLOP model given
+            lines.append(f"{case:<28} {r.impl:<22} {r.ms:>9.4f} {ratio:>16} {floor}  {r.note}")
     return "\n".join(lines)
 
 

@@ -225,5 +225,5 @@ def test_loading_an_adapter_saved_by_another_method_is_refused(tmp_path):
 
     get_peft_model(_llama(), GSLoRAConfig(r=2)).save_pretrained(tmp_path / "gs")
     model = get_peft_model(_llama(), DSEEConfig(r=2, sparse_size=8, target_modules=["q_proj"]))
-    with pytest.raises(ValueError, match="different peft types.*DSEE.*GS_LORA"):
+    with pytest.raises(ValueError, match=r"different peft types.*DSEE.*GS_LORA"):
         model.load_adapter(tmp_path / "gs", adapter_name="other")

@@ -1,0 +1,94 @@
+"""Training step time and peak memory of our PEFT methods against LoRA: same random Llama, same rank, same target
+modules (every linear of every block), same batch, bf16 on the GPU. The issue's bar: DSEE and GS-LoRA within 1.2x of
+LoRA, PST within 1.5x. Each method's own per-step work is in the timing: GS-LoRA's proximal group-lasso step, PST's
+mask (at its final sparsity)."""
+
+from __future__ import annotations
+
+import time
+
+from .harness import Row, register
+
+# ~0.5B-parameter Llama on the GPU; a tiny one for CPU smoke runs (quick)
+SHAPES = {
+    "gpu": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=16, num_attention_heads=16,
+                num_key_value_heads=8, vocab_size=32000),
+    "quick": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=100),
+}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _configs(rank: int) -> dict:
+    import sparseflow.peft_ext  # noqa: F401
+    from peft import LoraConfig
+    from sparseflow.peft_ext import DSEEConfig, GSLoRAConfig, PSTConfig
+
+    return {
+        "LoRA (PEFT)": LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS),
+        "DSEE": DSEEConfig(r=rank, lora_alpha=2 * rank, sparse_size=64, target_modules=TARGETS),
+        "GS-LoRA": GSLoRAConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, group_lasso=1e-4),
+        "PST 50%": PSTConfig(r=rank, importance_rank=rank, sparsity=0.5, target_modules=TARGETS),
+    }
+
+
+def measure_step(name: str, config, shape: dict, batch: int, seq: int, steps: int, device: str) -> dict:
+    """Median step time (ms) and peak memory (bytes, CUDA only) of ``steps`` AdamW steps after two warm-ups."""
+    import statistics
+
+    import torch
+    from peft import get_peft_model
+    from sparseflow.peft_ext.gs_lora import group_soft_threshold
+    from sparseflow.peft_ext.pst import set_sparsity
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=False)).to(device=device, dtype=dtype)
+    model = get_peft_model(model, config)
+    if name.startswith("PST"):
+        set_sparsity(model, config.final_sparsity())
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids = torch.randint(0, shape["vocab_size"], (batch, seq), device=device)
+    times = []
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(steps + 2):
+        start = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if name == "GS-LoRA":
+            group_soft_threshold(model, 1e-4 * 1e-4)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if step >= 2:
+            times.append((time.perf_counter() - start) * 1e3)
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    del model, opt
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return {"ms": statistics.median(times), "peak_bytes": peak, "trainable": trainable}
+
+
+@register("peft_step")
+def run(quick: bool = False) -> list[Row]:
+    """Step time and peak memory of LoRA, DSEE, GS-LoRA and PST 50% (rank 8) on one random Llama."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shape = SHAPES["quick" if quick or device == "cpu" else "gpu"]
+    batch, seq, steps = (2, 16, 3) if quick or device == "cpu" else (8, 512, 10)
+    case = f"llama h{shape['hidden_size']} L{shape['num_hidden_layers']} b{batch}x{seq}"
+    rows = []
+    lora_ms = None
+    for name, config in _configs(8).items():
+        r = measure_step(name, config, shape, batch, seq, steps, device)
+        lora_ms = lora_ms or r["ms"]
+        peak = f"{r['peak_bytes'] / 2**30:.2f} GiB peak" if r["peak_bytes"] else "peak n/a (CPU)"
+        rows.append(Row(case, name, r["ms"], 0, 0, note=f"{r['ms'] / lora_ms:.2f}x LoRA time, {peak}, "
+                        f"{r['trainable'] / 1e6:.2f}M trainable", extra=r))
+    return rows

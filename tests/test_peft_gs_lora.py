@@ -111,3 +111,25 @@ def test_bad_configs_are_refused(kwargs, match):
 def test_rank_larger_than_the_layer_is_refused():
     with pytest.raises(ValueError, match="larger than the layer"):
         get_peft_model(_llama(), GSLoRAConfig(r=65, target_modules=["down_proj"]))
+
+
+def test_sequential_tasks_add_their_own_groups_and_keep_earlier_ones_frozen_and_in_force():
+    from sparseflow.peft_ext.gs_lora import add_forgetting_task
+
+    model = get_peft_model(_llama(), GSLoRAConfig(r=4, init_weights=False))
+    x = torch.randint(0, 100, (2, 7))
+    with torch.no_grad():
+        first_only = model(input_ids=x).logits
+    add_forgetting_task(model, "task2", GSLoRAConfig(r=2, init_weights=False))
+    assert set(group_norms(model, "task2")) == {"block 0", "block 1", "block 2"}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(".task2") for n in trainable)
+    with torch.no_grad():
+        both = model(input_ids=x).logits
+        for m in model.modules():
+            if isinstance(m, GSLoRALinear):
+                m.gs_lora_B["task2"].zero_()
+        torch.testing.assert_close(model(input_ids=x).logits, first_only)  # task 1's adapter is still applied
+    assert not torch.allclose(both, first_only)
+    with pytest.raises(ValueError, match="already exists"):
+        add_forgetting_task(model, "task2")

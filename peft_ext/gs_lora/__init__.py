@@ -7,6 +7,7 @@ from .model import GSLoRAModel, group_of
 from .sparsity import (
     ForgettingTrainer,
     GroupSparsityCallback,
+    add_forgetting_task,
     forgetting_loss,
     group_norms,
     group_soft_threshold,
@@ -14,4 +15,4 @@ from .sparsity import (
 )
 
 __all__ = ["ForgettingTrainer", "GSLoRAConfig", "GSLoRALayer", "GSLoRALinear", "GSLoRAModel", "GroupSparsityCallback",
-           "forgetting_loss", "group_norms", "group_of", "group_soft_threshold", "groups"]
+           "add_forgetting_task", "forgetting_loss", "group_norms", "group_of", "group_soft_threshold", "groups"]

@@ -99,3 +99,22 @@ class ForgettingTrainer(Trainer):
         forget_ce = _mean_ce(outputs.logits[forget], labels[forget])
         loss = forgetting_loss(retain_ce, forget_ce, self.beta, self.bound) if forget.any() else retain_ce
         return (loss, outputs) if return_outputs else loss
+
+
+def add_forgetting_task(model, name: str, config=None) -> None:
+    """Start sequential forgetting task ``name`` on a GS-LoRA ``PeftModel``: a new adapter (its own groups, from
+    ``config`` or a copy of the current adapter's config) is added and trained, while every earlier task's adapter
+    stays active (its forgetting stays in force) but frozen. Follow with ``GroupSparsityCallback(adapter=name)``."""
+    from copy import deepcopy
+
+    earlier = list(model.base_model.active_adapters)
+    if name in model.peft_config:
+        raise ValueError(f"adapter {name!r} already exists; earlier tasks: {earlier}")
+    model.add_adapter(name, config or deepcopy(model.peft_config[earlier[-1]]))
+    model.base_model.set_adapter([*earlier, name])
+    for module in model.modules():
+        if isinstance(module, GSLoRALayer):
+            for adapter in module.gs_lora_A:
+                trainable = adapter == name
+                module.gs_lora_A[adapter].requires_grad_(trainable)
+                module.gs_lora_B[adapter].requires_grad_(trainable)

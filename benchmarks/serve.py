@@ -161,16 +161,23 @@ def _child(spec_file: str, result_file: str) -> None:
     os._exit(0)  # vLLM's teardown at interpreter exit can abort after the work is done
 
 
-def run_variant(name: str, work: Path, settings: Settings) -> dict[str, Any]:
-    """Build the variant's checkpoint, then measure it in a fresh process (each engine owns the GPU alone)."""
+def run_variant(name: str, work: Path, settings: Settings, resume: bool = False) -> dict[str, Any]:
+    """Build the variant's checkpoint, then measure it in a fresh process (each engine owns the GPU alone). With
+    ``resume``, a result already measured under ``work`` with the same settings is reused, so a long run can be
+    split over several calls (the device tool allows 10 minutes per command)."""
     import torch
 
     v = VARIANTS[name]
     if v.cuda_only and not torch.cuda.is_available():
         return {"label": v.label, "skipped": "needs CUDA (vLLM's own kernel)"}
-    model_dir = build_checkpoint(v.checkpoint, work, settings)
     spec = work / f"{name}.spec.json"
     result = work / f"{name}.result.json"
+    same = spec.exists() and json.loads(spec.read_text())["settings"] == json.loads(json.dumps(asdict(settings)))
+    if resume and result.exists() and same:
+        print(f"[serve] {v.label}: reusing {result}", flush=True)
+        return {"label": v.label, "checkpoint": v.checkpoint, "engine": v.engine, "env": v.env, "reused": True,
+                **json.loads(result.read_text())}
+    model_dir = build_checkpoint(v.checkpoint, work, settings)
     result.unlink(missing_ok=True)
     spec.write_text(json.dumps({"model_dir": str(model_dir), "engine": v.engine, "settings": asdict(settings)}))
     env = {**os.environ, **v.env, "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}  # collective_rpc takes a function
@@ -183,7 +190,7 @@ def run_variant(name: str, work: Path, settings: Settings) -> dict[str, Any]:
             **json.loads(result.read_text())}
 
 
-def run(work: Path, settings: Settings, variants: list[str]) -> dict[str, Any]:
+def run(work: Path, settings: Settings, variants: list[str], resume: bool = False) -> dict[str, Any]:
     """Every variant in turn; the report ``{"settings", "shape", "variants": {name: result}}``."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -191,7 +198,7 @@ def run(work: Path, settings: Settings, variants: list[str]) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"settings": asdict(settings), "shape": settings.shape(), "variants": {}}
     for name in variants:
-        report["variants"][name] = run_variant(name, work, settings)
+        report["variants"][name] = run_variant(name, work, settings, resume)
     return report
 
 

@@ -241,6 +241,7 @@ def bench_serve(
     repeats: int = typer.Option(3, help="each timing is the best of this many runs"),
     work: Path = typer.Option(Path("/tmp/sparseflow-serve"), help="where checkpoints are built (reused if there)"),
     out_dir: Path = typer.Option(None, help="where the JSON and plot go (default: benchmarks/results in the repo)"),
+    resume: bool = typer.Option(False, help="reuse variants already measured under --work with the same settings"),
 ) -> None:
     """Serve a random Llama (and its GQSA / N:M / vLLM-W4 / fp8 variants) with the real vLLM engine; print the
     decode / prefill table, save JSON and a decode-vs-batch plot."""
@@ -250,7 +251,7 @@ def bench_serve(
     settings = serve.Settings(preset=preset, layers=layers, batches=tuple(int(b) for b in batches.split(",")),
                               new_tokens=new_tokens, prompt_len=prompt_len, prefill_len=prefill_len,
                               prefill_batch=prefill_batch, repeats=repeats)
-    report = serve.run(work, settings, [v.strip() for v in variants.split(",") if v.strip()])
+    report = serve.run(work, settings, [v.strip() for v in variants.split(",") if v.strip()], resume=resume)
     console.print(serve.table(report), markup=False, highlight=False)
     path = serve.save(report, out_dir or RESULTS_DIR)
     console.print(f"saved {path}")

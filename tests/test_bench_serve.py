@@ -60,3 +60,9 @@ def test_bench_serve_tiny_runs_every_cpu_variant_through_vllm(tmp_path):
         assert result["weight_bytes"] > 0
     assert (out / "serve-cpu.png").stat().st_size > 0
     assert "GQSA W4S50 g16" in proc.stdout
+    # --resume: the measured variants are reused, not measured again (a long GPU run split over several calls)
+    proc = subprocess.run([*cmd, "--resume", "--variants", "dense,gqsa-w4s50"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    again = json.loads((out / "serve-cpu.json").read_text())["variants"]
+    assert again["dense"]["reused"] and again["dense"]["decode"] == variants["dense"]["decode"]

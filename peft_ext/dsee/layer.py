@@ -4,14 +4,14 @@ update's ``dsee_values [nnz]`` at ``dsee_indices [nnz]`` (flat indices into ``[o
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .._buffers import AdapterBuffers as _Buffers
+from .._buffers import AdapterBuffers
+from .._linear import AdditiveLinear, check_rank, init_linear_layer
 from .config import DSEEConfig
 from .support import select_support, support_size
 
@@ -32,24 +32,15 @@ class DSEELayer(BaseTunerLayer):
     other_param_names = ("dsee_indices", "dsee_scale")
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
-        self.base_layer = base_layer
+        init_linear_layer(self, base_layer, "DSEE", kwargs)
         self.dsee_A = nn.ParameterDict({})
         self.dsee_B = nn.ParameterDict({})
         self.dsee_values = nn.ParameterDict({})
-        self.dsee_indices = _Buffers()
+        self.dsee_indices = AdapterBuffers()
         self.dsee_scale: dict[str, float] = {}
-        self._disable_adapters = False
-        self.merged_adapters: list[str] = []
-        self.kwargs = kwargs
-        base = self.get_base_layer()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"DSEE adapts torch.nn.Linear layers; got {type(base).__name__}")
-        self.in_features, self.out_features = base.in_features, base.out_features
 
     def update_layer(self, adapter_name: str, config: DSEEConfig) -> None:
-        if config.r > min(self.in_features, self.out_features):
-            raise ValueError(f"DSEE rank r={config.r} is larger than the layer "
-                             f"[{self.out_features}, {self.in_features}] allows")
+        check_rank(self, config.r, "DSEE")
         weight = self.get_base_layer().weight
         nnz = support_size(config.sparse_size, weight.numel())
         self.dsee_A[adapter_name] = nn.Parameter(torch.empty(config.r, self.in_features))
@@ -78,8 +69,10 @@ class DSEELayer(BaseTunerLayer):
         return self.dsee_scale[adapter] * (self.dsee_B[adapter] @ self.dsee_A[adapter] + self.sparse_dense(adapter))
 
 
-class DSEELinear(nn.Module, DSEELayer):
+class DSEELinear(AdditiveLinear, DSEELayer):
     """``nn.Linear`` with DSEE adapters: ``y = base(x) + scale * (x A^T B^T + x S^T)``."""
+
+    method = "DSEE"
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: DSEEConfig, **kwargs: Any) -> None:
         super().__init__()
@@ -87,45 +80,12 @@ class DSEELinear(nn.Module, DSEELayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        for adapter in check_adapters_to_merge(self, adapter_names):
-            if adapter not in self.dsee_A:
-                continue
-            weight = self.get_base_layer().weight
-            delta = self.get_delta_weight(adapter).to(weight.dtype)
-            merged = weight.data + delta
-            if safe_merge and not torch.isfinite(merged).all():
-                raise ValueError(f"merging DSEE adapter {adapter!r} gives non-finite weights")
-            weight.data = merged
-            self.merged_adapters.append(adapter)
-
-    def unmerge(self) -> None:
-        if not self.merged:
-            warnings.warn("DSEE: nothing merged, nothing to unmerge", stacklevel=2)
-            return
-        while self.merged_adapters:
-            adapter = self.merged_adapters.pop()
-            if adapter in self.dsee_A:
-                weight = self.get_base_layer().weight
-                weight.data -= self.get_delta_weight(adapter).to(weight.dtype)
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return result
-        for adapter in self.active_adapters:
-            if adapter not in self.dsee_A:
-                continue
-            a, b, values = self.dsee_A[adapter], self.dsee_B[adapter], self.dsee_values[adapter]
-            xa = x.to(a.dtype)
-            update = (xa @ a.t()) @ b.t() + sparse_linear(xa, self.dsee_indices[adapter], values, self.out_features,
-                                                          self.in_features)
-            result = result + (self.dsee_scale[adapter] * update).to(result.dtype)
-        return result
+    def adapter_update(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
+        a, b, values = self.dsee_A[adapter], self.dsee_B[adapter], self.dsee_values[adapter]
+        xa = x.to(a.dtype)
+        update = (xa @ a.t()) @ b.t() + sparse_linear(xa, self.dsee_indices[adapter], values, self.out_features,
+                                                      self.in_features)
+        return self.dsee_scale[adapter] * update
 
     def __repr__(self) -> str:
         return "dsee." + super().__repr__()

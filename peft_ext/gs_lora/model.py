@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import re
 
-from peft.tuners.tuners_utils import BaseTuner
-
+from .._linear import LinearTuner
 from .config import GSLoRAConfig
 from .layer import GSLoRALayer, GSLoRALinear
 
@@ -30,20 +29,13 @@ def group_of(module_name: str, group_by: str) -> str:
     return f"block {match.group(3)}" if match else module_name
 
 
-class GSLoRAModel(BaseTuner):
+class GSLoRAModel(LinearTuner):
     """Built by ``get_peft_model(model, GSLoRAConfig(...))``; not constructed directly."""
 
     prefix: str = "gs_lora_"
     tuner_layer_cls = GSLoRALayer
+    linear_cls = GSLoRALinear
     target_module_mapping = FFN_TARGETS
 
-    def _create_and_replace(self, config: GSLoRAConfig, adapter_name: str, target, target_name: str, parent,
-                            current_key: str, **kwargs) -> None:
-        group = group_of(current_key, config.group_by)
-        if isinstance(target, GSLoRALayer):
-            target.update_layer(adapter_name, config, group)
-            return
-        new_module = GSLoRALinear(target, adapter_name, config, group)
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)
+    def layer_args(self, config: GSLoRAConfig, current_key: str) -> tuple:
+        return config, group_of(current_key, config.group_by)

@@ -14,6 +14,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
 from .._buffers import AdapterBuffers
+from .._linear import check_rank, init_linear_layer
 from .config import PSTConfig
 from .masks import group_mask, nm_mask, straight_through, unstructured_mask
 
@@ -23,24 +24,14 @@ class PSTLayer(BaseTunerLayer):
     other_param_names = ("pst_level", "pst_config")
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
-        self.base_layer = base_layer
+        init_linear_layer(self, base_layer, "PST", kwargs)
         for name in self.adapter_layer_names:
             setattr(self, name, nn.ParameterDict({}))
         self.pst_level = AdapterBuffers()
         self.pst_config: dict[str, PSTConfig] = {}
-        self._disable_adapters = False
-        self.merged_adapters: list[str] = []
-        self.kwargs = kwargs
-        base = self.get_base_layer()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"PST sparsifies torch.nn.Linear layers; got {type(base).__name__}")
-        self.in_features, self.out_features = base.in_features, base.out_features
 
     def update_layer(self, adapter_name: str, config: PSTConfig) -> None:
-        rank = max(config.r, config.importance_rank)
-        if rank > min(self.in_features, self.out_features):
-            raise ValueError(f"PST rank {rank} is larger than the layer "
-                             f"[{self.out_features}, {self.in_features}] allows")
+        check_rank(self, max(config.r, config.importance_rank), "PST")
         if config.mask == "nm" and self.in_features % config.pattern()[1]:
             raise ValueError(f"PST N:M mask {config.nm_pattern}: in_features {self.in_features} is not divisible")
         if config.mask == "gqsa" and self.in_features % config.group_size:

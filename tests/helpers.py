@@ -83,3 +83,36 @@ def copy_with_quant_config(model_dir, dst, **changes) -> Path:
     config["quantization_config"].update(changes)
     (Path(dst) / "config.json").write_text(json.dumps(config))
     return Path(dst)
+
+
+def tiny_llama(layers: int = 2, seed: int = 0):
+    """A random 64-wide ``LlamaForCausalLM`` (4 query heads, 2 KV heads, vocab 100) in eval mode, for adapter tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                      num_hidden_layers=layers, vocab_size=100, tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg).eval()
+
+
+class TokenDataset:
+    """``n`` random token sequences as Trainer examples (labels = inputs); with ``forget``, every other example is
+    marked for forgetting (``forget`` = 1)."""
+
+    def __init__(self, n: int = 16, length: int = 12, forget: bool = False) -> None:
+        import torch
+
+        self.ids = torch.randint(0, 100, (n, length), generator=torch.Generator().manual_seed(0))
+        self.forget = forget
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+
+        example = {"input_ids": self.ids[i], "labels": self.ids[i]}
+        if self.forget:
+            example["forget"] = torch.tensor(i % 2)
+        return example

@@ -10,20 +10,14 @@ import sys
 import pytest
 import sparseflow.peft_ext  # noqa: F401  (registers the methods)
 import torch
+from helpers import tiny_llama
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from sparseflow.peft_ext import DSEEConfig
 from sparseflow.peft_ext.dsee import DSEELinear, select_support, sparse_linear, support_size
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
-
-
-def _llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                      num_hidden_layers=2, vocab_size=100, tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg).eval()
 
 
 def _batch(seed: int = 1) -> torch.Tensor:
@@ -44,7 +38,7 @@ def _train(model, steps: int = 5) -> list[float]:
 
 
 def test_only_the_adapter_trains_and_starts_as_the_identity():
-    base = _llama()
+    base = tiny_llama()
     x = _batch()
     with torch.no_grad():
         want = base(input_ids=x).logits
@@ -67,7 +61,7 @@ def test_only_the_adapter_trains_and_starts_as_the_identity():
 
 
 def test_save_stores_indices_and_values_only_and_loads_back(tmp_path):
-    model = get_peft_model(_llama(), DSEEConfig(r=4, sparse_size=0.01, sparse_init="magnitude",
+    model = get_peft_model(tiny_llama(), DSEEConfig(r=4, sparse_size=0.01, sparse_init="magnitude",
                                                 target_modules=TARGETS))
     _train(model, 3)
     x = _batch(7)
@@ -81,13 +75,13 @@ def test_save_stores_indices_and_values_only_and_loads_back(tmp_path):
     assert all(t.numel() < 64 * 64 for t in saved.values()), "no dense S (or any dense update) is saved"
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["peft_type"] == "DSEE"
-    loaded = PeftModel.from_pretrained(_llama(), tmp_path / "adapter")
+    loaded = PeftModel.from_pretrained(tiny_llama(), tmp_path / "adapter")
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=x).logits, want)
 
 
 def test_merge_and_unload_match_the_adapter_and_the_base():
-    model = get_peft_model(_llama(), DSEEConfig(r=4, sparse_size=48, target_modules=TARGETS))
+    model = get_peft_model(tiny_llama(), DSEEConfig(r=4, sparse_size=48, target_modules=TARGETS))
     _train(model, 3)
     x = _batch(3)
     with torch.no_grad():
@@ -98,7 +92,7 @@ def test_merge_and_unload_match_the_adapter_and_the_base():
     assert not any(isinstance(m, DSEELinear) for m in merged.modules())
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=x).logits, want, rtol=1e-4, atol=1e-4)
-    model2 = get_peft_model(_llama(), DSEEConfig(r=4, sparse_size=48, target_modules=TARGETS))
+    model2 = get_peft_model(tiny_llama(), DSEEConfig(r=4, sparse_size=48, target_modules=TARGETS))
     with torch.no_grad():
         torch.testing.assert_close(model2.unload()(input_ids=x).logits, base_out)
 
@@ -142,17 +136,18 @@ def test_bad_configs_are_refused(kwargs, match):
 
 def test_bad_layers_and_targets_are_refused():
     with pytest.raises(ValueError, match="larger than the layer"):
-        get_peft_model(_llama(), DSEEConfig(r=65, target_modules=["q_proj"]))
+        get_peft_model(tiny_llama(), DSEEConfig(r=65, target_modules=["q_proj"]))
     with pytest.raises(ValueError, match="whole number"):
-        get_peft_model(_llama(), DSEEConfig(sparse_size=2.5, target_modules=["q_proj"]))
+        get_peft_model(tiny_llama(), DSEEConfig(sparse_size=2.5, target_modules=["q_proj"]))
     with pytest.raises(ValueError, match="the layer has"):
-        get_peft_model(_llama(), DSEEConfig(sparse_size=10**6, target_modules=["q_proj"]))
+        get_peft_model(tiny_llama(), DSEEConfig(sparse_size=10**6, target_modules=["q_proj"]))
     with pytest.raises(ValueError, match=r"not found in the base model|Target modules"):
-        get_peft_model(_llama(), DSEEConfig(target_modules=["no_such_proj"]))
+        get_peft_model(tiny_llama(), DSEEConfig(target_modules=["no_such_proj"]))
 
 
 def test_loading_without_the_plugin_fails_and_the_file_says_what_to_import(tmp_path):
-    get_peft_model(_llama(), DSEEConfig(r=2, sparse_size=8, target_modules=["q_proj"])).save_pretrained(tmp_path / "a")
+    model = get_peft_model(tiny_llama(), DSEEConfig(r=2, sparse_size=8, target_modules=["q_proj"]))
+    model.save_pretrained(tmp_path / "a")
     config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert "import sparseflow.peft_ext" in config["requires"]
     code = f"""
@@ -178,7 +173,7 @@ def test_unstructured_pruning_by_weight_or_by_update():
 
     results = {}
     for score in ("weight", "delta"):
-        model = get_peft_model(_llama(), DSEEConfig(r=4, sparse_size=48, target_modules=TARGETS))
+        model = get_peft_model(tiny_llama(), DSEEConfig(r=4, sparse_size=48, target_modules=TARGETS))
         _train(model, 3)
         pruned, report = prune_unstructured(model, 0.5, score=score)
         assert not any(isinstance(m, DSEELinear) for m in pruned.modules())
@@ -189,13 +184,13 @@ def test_unstructured_pruning_by_weight_or_by_update():
         results[score] = pruned.model.layers[0].self_attn.q_proj.weight != 0
     assert not torch.equal(results["weight"], results["delta"])  # the two scores keep different weights
     with pytest.raises(ValueError, match="sparsity must be in"):
-        prune_unstructured(get_peft_model(_llama(), DSEEConfig(target_modules=TARGETS)), 1.0)
+        prune_unstructured(get_peft_model(tiny_llama(), DSEEConfig(target_modules=TARGETS)), 1.0)
 
 
 def test_head_pruning_gives_a_smaller_model_that_saves_and_loads(tmp_path):
     from sparseflow.peft_ext.dsee import head_scores, prune_heads
 
-    model = get_peft_model(_llama(), DSEEConfig(r=4, sparse_size=16, target_modules=["q_proj", "o_proj"],
+    model = get_peft_model(tiny_llama(), DSEEConfig(r=4, sparse_size=16, target_modules=["q_proj", "o_proj"],
                                                 init_weights=False))
     # make query head 1 (KV group 0) and head 2 (group 1) carry the big updates in layer 0
     layer0 = model.base_model.model.model.layers[0].self_attn
@@ -213,17 +208,17 @@ def test_head_pruning_gives_a_smaller_model_that_saves_and_loads(tmp_path):
         want = small(input_ids=x).logits
     small.save_pretrained(tmp_path / "small")
     loaded = LlamaForCausalLM.from_pretrained(tmp_path / "small").eval()
-    assert sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in _llama().parameters())
+    assert sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in tiny_llama().parameters())
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=x).logits, want)
     with pytest.raises(ValueError, match="heads_per_group must be in"):
-        prune_heads(get_peft_model(_llama(), DSEEConfig(target_modules=["q_proj"])), heads_per_group=2)
+        prune_heads(get_peft_model(tiny_llama(), DSEEConfig(target_modules=["q_proj"])), heads_per_group=2)
 
 
 def test_loading_an_adapter_saved_by_another_method_is_refused(tmp_path):
     from sparseflow.peft_ext import GSLoRAConfig
 
-    get_peft_model(_llama(), GSLoRAConfig(r=2)).save_pretrained(tmp_path / "gs")
-    model = get_peft_model(_llama(), DSEEConfig(r=2, sparse_size=8, target_modules=["q_proj"]))
+    get_peft_model(tiny_llama(), GSLoRAConfig(r=2)).save_pretrained(tmp_path / "gs")
+    model = get_peft_model(tiny_llama(), DSEEConfig(r=2, sparse_size=8, target_modules=["q_proj"]))
     with pytest.raises(ValueError, match=r"different peft types.*DSEE.*GS_LORA"):
         model.load_adapter(tmp_path / "gs", adapter_name="other")

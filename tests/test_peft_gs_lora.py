@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import sparseflow.peft_ext  # noqa: F401
 import torch
+from helpers import TokenDataset, tiny_llama
 from peft import PeftModel, get_peft_model
 from sparseflow.peft_ext import GSLoRAConfig
 from sparseflow.peft_ext.gs_lora import (
@@ -17,43 +18,21 @@ from sparseflow.peft_ext.gs_lora import (
     group_of,
     group_soft_threshold,
 )
-from torch.utils.data import Dataset
-from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
-
-
-def _llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                      num_hidden_layers=3, vocab_size=100, tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg).eval()
-
-
-class _Tokens(Dataset):
-    """Random sequences; every other one is marked for forgetting."""
-
-    def __init__(self, n: int = 16, length: int = 12) -> None:
-        gen = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(0, 100, (n, length), generator=gen)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.ids[i], "labels": self.ids[i], "forget": torch.tensor(i % 2)}
+from transformers import TrainingArguments
 
 
 def test_default_targets_are_the_feed_forward_modules_grouped_by_block():
-    model = get_peft_model(_llama(), GSLoRAConfig(r=4))
+    model = get_peft_model(tiny_llama(3), GSLoRAConfig(r=4))
     layers = {n: m for n, m in model.named_modules() if isinstance(m, GSLoRALinear)}
     assert {n.rsplit(".", 1)[-1] for n in layers} == {"gate_proj", "up_proj", "down_proj"}
     assert set(group_norms(model)) == {"block 0", "block 1", "block 2"}
-    per_module = get_peft_model(_llama(), GSLoRAConfig(r=4, group_by="module"))
+    per_module = get_peft_model(tiny_llama(3), GSLoRAConfig(r=4, group_by="module"))
     assert len(group_norms(per_module)) == 9
     assert group_of("model.layers.11.mlp.up_proj", "block") == "block 11"
 
 
 def test_the_proximal_step_zeroes_whole_groups_exactly():
-    model = get_peft_model(_llama(), GSLoRAConfig(r=4, init_weights=False))
+    model = get_peft_model(tiny_llama(3), GSLoRAConfig(r=4, init_weights=False))
     norms = group_norms(model)
     assert all(v > 0 for v in norms.values())
     assert group_soft_threshold(model, 0.0) == 0 and group_norms(model) == norms
@@ -72,13 +51,13 @@ def test_forgetting_loss_is_bounded():
 
 
 def test_trainer_with_group_lasso_trains_and_switches_groups_off(tmp_path):
-    model = get_peft_model(_llama(), GSLoRAConfig(r=4, group_lasso=200.0, warmup_steps=2))
+    model = get_peft_model(tiny_llama(3), GSLoRAConfig(r=4, group_lasso=200.0, warmup_steps=2))
     callback = GroupSparsityCallback()
     args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, max_steps=6,
                              learning_rate=1e-2, logging_steps=1, report_to=[], save_strategy="no",
                              remove_unused_columns=False, use_cpu=True)
-    trainer = ForgettingTrainer(model=model, args=args, train_dataset=_Tokens(), callbacks=[callback], beta=0.5,
-                                bound=8.0)
+    trainer = ForgettingTrainer(model=model, args=args, train_dataset=TokenDataset(forget=True), callbacks=[callback],
+                                beta=0.5, bound=8.0)
     trainer.train()
     assert [s for s, _ in callback.zeroed] == list(range(6))
     assert callback.zeroed[-1][1] == 3  # a strong lasso switches every block's group off, exactly
@@ -87,12 +66,12 @@ def test_trainer_with_group_lasso_trains_and_switches_groups_off(tmp_path):
 
 
 def test_save_and_load_round_trip(tmp_path):
-    model = get_peft_model(_llama(), GSLoRAConfig(r=4, init_weights=False, target_modules=["up_proj"]))
+    model = get_peft_model(tiny_llama(3), GSLoRAConfig(r=4, init_weights=False, target_modules=["up_proj"]))
     x = torch.randint(0, 100, (2, 7))
     with torch.no_grad():
         want = model(input_ids=x).logits
     model.save_pretrained(tmp_path / "a")
-    loaded = PeftModel.from_pretrained(_llama(), tmp_path / "a")
+    loaded = PeftModel.from_pretrained(tiny_llama(3), tmp_path / "a")
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=x).logits, want)
     assert set(group_norms(loaded)) == {"block 0", "block 1", "block 2"}
@@ -110,13 +89,13 @@ def test_bad_configs_are_refused(kwargs, match):
 
 def test_rank_larger_than_the_layer_is_refused():
     with pytest.raises(ValueError, match="larger than the layer"):
-        get_peft_model(_llama(), GSLoRAConfig(r=65, target_modules=["down_proj"]))
+        get_peft_model(tiny_llama(3), GSLoRAConfig(r=65, target_modules=["down_proj"]))
 
 
 def test_sequential_tasks_add_their_own_groups_and_keep_earlier_ones_frozen_and_in_force():
     from sparseflow.peft_ext.gs_lora import add_forgetting_task
 
-    model = get_peft_model(_llama(), GSLoRAConfig(r=4, init_weights=False))
+    model = get_peft_model(tiny_llama(3), GSLoRAConfig(r=4, init_weights=False))
     x = torch.randint(0, 100, (2, 7))
     with torch.no_grad():
         first_only = model(input_ids=x).logits

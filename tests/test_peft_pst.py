@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import sparseflow.peft_ext  # noqa: F401
 import torch
+from helpers import TokenDataset, tiny_llama
 from peft import PeftModel, get_peft_model
 from sparseflow.peft_ext import PSTConfig
 from sparseflow.peft_ext.pst import (
@@ -20,28 +21,9 @@ from sparseflow.peft_ext.pst import (
     sparse_weights,
     unstructured_mask,
 )
-from torch.utils.data import Dataset
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 TARGETS = ["q_proj", "v_proj", "up_proj"]
-
-
-def _llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                      num_hidden_layers=2, vocab_size=100, tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg).eval()
-
-
-class _Tokens(Dataset):
-    def __init__(self, n: int = 16, length: int = 12) -> None:
-        self.ids = torch.randint(0, 100, (n, length), generator=torch.Generator().manual_seed(0))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
 def test_masks_keep_what_they_promise():
@@ -57,7 +39,7 @@ def test_masks_keep_what_they_promise():
 
 
 def test_only_the_factors_train_and_the_importance_gets_gradients():
-    model = get_peft_model(_llama(), PSTConfig(r=4, importance_rank=4, sparsity=0.5, target_modules=TARGETS,
+    model = get_peft_model(tiny_llama(), PSTConfig(r=4, importance_rank=4, sparsity=0.5, target_modules=TARGETS,
                                                init_weights=False))
     trainable = {n.rsplit(".", 2)[-2] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"pst_U", "pst_V", "pst_A", "pst_B", "pst_R", "pst_C"}
@@ -73,11 +55,11 @@ def test_only_the_factors_train_and_the_importance_gets_gradients():
 
 
 def test_trainer_with_the_schedule_reaches_the_final_sparsity_and_the_adapter_reloads(tmp_path):
-    model = get_peft_model(_llama(), PSTConfig(r=4, importance_rank=4, sparsity=0.7, target_modules=TARGETS))
+    model = get_peft_model(tiny_llama(), PSTConfig(r=4, importance_rank=4, sparsity=0.7, target_modules=TARGETS))
     callback = SparsityScheduleCallback()
     args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, max_steps=8,
                              learning_rate=1e-3, report_to=[], save_strategy="no", use_cpu=True, logging_steps=1)
-    Trainer(model=model, args=args, train_dataset=_Tokens(), callbacks=[callback]).train()
+    Trainer(model=model, args=args, train_dataset=TokenDataset(), callbacks=[callback]).train()
     levels = [level for _, level in callback.history]
     assert levels[0] == 0.0 and levels[-1] == pytest.approx(0.7) and levels == sorted(levels)
     for w in sparse_weights(model).values():
@@ -86,7 +68,7 @@ def test_trainer_with_the_schedule_reaches_the_final_sparsity_and_the_adapter_re
     with torch.no_grad():
         want = model(input_ids=x).logits
     model.save_pretrained(tmp_path / "a")
-    loaded = PeftModel.from_pretrained(_llama(), tmp_path / "a")
+    loaded = PeftModel.from_pretrained(tiny_llama(), tmp_path / "a")
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=x).logits, want)
 
@@ -97,7 +79,7 @@ def test_export_to_a_sparseflow_checkpoint_the_loader_serves(mask, fmt, tmp_path
 
     config = PSTConfig(r=4, importance_rank=4, sparsity=0.5, mask=mask, group_size=16, target_modules=TARGETS,
                        init_weights=False)
-    model = get_peft_model(_llama(), config)
+    model = get_peft_model(tiny_llama(), config)
     set_sparsity(model, 0.5)
     x = torch.randint(0, 100, (2, 7))
     with torch.no_grad():
@@ -126,13 +108,13 @@ def test_bad_configs_are_refused(kwargs, match):
 
 
 def test_unstructured_masks_do_not_export_to_a_serving_format(tmp_path):
-    model = get_peft_model(_llama(), PSTConfig(target_modules=["q_proj"], r=2, importance_rank=2))
+    model = get_peft_model(tiny_llama(), PSTConfig(target_modules=["q_proj"], r=2, importance_rank=2))
     with pytest.raises(ValueError, match="structured mask"):
         save_sparse_checkpoint(model, tmp_path / "x")
 
 
 def test_nm_masks_start_as_the_identity_and_export_only_at_the_final_pattern(tmp_path):
-    model = get_peft_model(_llama(), PSTConfig(r=2, importance_rank=2, mask="nm", nm_pattern="2:4",
+    model = get_peft_model(tiny_llama(), PSTConfig(r=2, importance_rank=2, mask="nm", nm_pattern="2:4",
                                                target_modules=["q_proj"]))
     x = torch.randint(0, 100, (2, 7))
     with torch.no_grad():

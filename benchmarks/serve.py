@@ -59,6 +59,7 @@ class Settings:
     prefill_len: int = 2048
     prefill_batch: int = 8
     repeats: int = 3  # timings are the best of this many runs
+    tp: int = 1  # tensor-parallel GPUs per engine
 
     def shape(self) -> dict[str, int]:
         if self.preset not in PRESETS:
@@ -96,7 +97,26 @@ def build_checkpoint(kind: str, work: Path, settings: Settings) -> Path:
     else:
         raise ValueError(f"no recipe for checkpoint {kind!r}")
     print(f"[serve] built {out} in {time.perf_counter() - t0:.0f} s", flush=True)
+    _release_gpu_memory()
     return out
+
+
+def _release_gpu_memory() -> None:
+    """Hand the compressor's cached GPU memory back: the engine starts in a child process and sizes its KV cache
+    from what is free (an 8B model compressed in fp32 leaves ~30 GiB in this process's allocator cache)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def build(work: Path, settings: Settings, variants: list[str]) -> list[Path]:
+    """Only build the checkpoints the variants need (e.g. ahead of the vLLM install on a fresh GPU machine)."""
+    _check_names(variants)
+    return [build_checkpoint(c, work, settings) for c in dict.fromkeys(VARIANTS[v].checkpoint for v in variants)]
 
 
 def _model_bytes(worker) -> int:
@@ -111,6 +131,7 @@ def measure(model_dir: str, engine: dict, settings: Settings) -> dict[str, Any]:
     """Start ``vllm.LLM`` on ``model_dir`` here and time decode per batch, prefill, and the start itself."""
     import random
 
+    import torch
     from vllm import LLM, SamplingParams
 
     from sparseflow.serve import cpu_engine_kwargs, shutdown_engine
@@ -118,8 +139,15 @@ def measure(model_dir: str, engine: dict, settings: Settings) -> dict[str, Any]:
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     max_len = max(settings.prefill_len, settings.prompt_len + settings.new_tokens) + 8
     t0 = time.perf_counter()
+    kwargs = {**cpu_engine_kwargs(), **engine}
+    if settings.tp > 1:
+        kwargs["tensor_parallel_size"] = settings.tp
+    if torch.cuda.is_available():
+        # capture CUDA graphs only at the decode batches measured (the graphs used there are the same ones vLLM's
+        # default list would capture; the other ~60 sizes would cost engine-start time and nothing else)
+        kwargs["compilation_config"] = {"cudagraph_capture_sizes": sorted(settings.batches)}
     llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=max_len, enable_prefix_caching=False, seed=0,
-              **{**cpu_engine_kwargs(), **engine})
+              **kwargs)
     result: dict[str, Any] = {"engine_start_s": time.perf_counter() - t0}
     try:
         result["weight_bytes"] = sum(llm.collective_rpc(_model_bytes))
@@ -170,8 +198,9 @@ def run_variant(name: str, work: Path, settings: Settings, resume: bool = False)
     v = VARIANTS[name]
     if v.cuda_only and not torch.cuda.is_available():
         return {"label": v.label, "skipped": "needs CUDA (vLLM's own kernel)"}
-    spec = work / f"{name}.spec.json"
-    result = work / f"{name}.result.json"
+    tag = f"{name}-tp{settings.tp}" if settings.tp > 1 else name
+    spec = work / f"{tag}.spec.json"
+    result = work / f"{tag}.result.json"
     same = spec.exists() and json.loads(spec.read_text())["settings"] == json.loads(json.dumps(asdict(settings)))
     if resume and result.exists() and same:
         print(f"[serve] {v.label}: reusing {result}", flush=True)
@@ -190,11 +219,15 @@ def run_variant(name: str, work: Path, settings: Settings, resume: bool = False)
             **json.loads(result.read_text())}
 
 
-def run(work: Path, settings: Settings, variants: list[str], resume: bool = False) -> dict[str, Any]:
-    """Every variant in turn; the report ``{"settings", "shape", "variants": {name: result}}``."""
+def _check_names(variants: list[str]) -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+
+
+def run(work: Path, settings: Settings, variants: list[str], resume: bool = False) -> dict[str, Any]:
+    """Every variant in turn; the report ``{"settings", "shape", "variants": {name: result}}``."""
+    _check_names(variants)
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"settings": asdict(settings), "shape": settings.shape(), "variants": {}}
     for name in variants:
@@ -238,8 +271,10 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         ax.plot(batches, [result["decode"][str(b)]["tokens_per_s"] for b in batches], marker="o",
                 label=result["label"])
     shape = report["shape"]
+    tp = report["settings"].get("tp", 1)
     ax.set(xscale="log", yscale="log", xlabel="batch (sequences decoding together)", ylabel="decode tokens/s",
-           title=f"vLLM decode, random Llama ({shape['num_hidden_layers']} layers, hidden {shape['hidden_size']})")
+           title=f"vLLM decode, random Llama ({shape['num_hidden_layers']} layers, hidden {shape['hidden_size']})"
+           + (f", TP={tp}" if tp > 1 else ""))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -260,7 +295,8 @@ def save(report: dict[str, Any], out_dir: Path) -> Path:
     except ImportError:
         env["vllm"] = None
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"serve-{env['device'].replace(' ', '_')}.json"
+    tp = report["settings"].get("tp", 1)
+    path = out_dir / f"serve-{'tp' + str(tp) + '-' if tp > 1 else ''}{env['device'].replace(' ', '_')}.json"
     path.write_text(json.dumps({"benchmark": "serve", "environment": env, **report}, indent=1) + "\n")
     return path
 

@@ -242,6 +242,8 @@ def bench_serve(
     work: Path = typer.Option(Path("/tmp/sparseflow-serve"), help="where checkpoints are built (reused if there)"),
     out_dir: Path = typer.Option(None, help="where the JSON and plot go (default: benchmarks/results in the repo)"),
     resume: bool = typer.Option(False, help="reuse variants already measured under --work with the same settings"),
+    tp: int = typer.Option(1, help="tensor-parallel GPUs per engine"),
+    build_only: bool = typer.Option(False, help="only build the variants' checkpoints under --work (no vLLM needed)"),
 ) -> None:
     """Serve a random Llama (and its GQSA / N:M / vLLM-W4 / fp8 variants) with the real vLLM engine; print the
     decode / prefill table, save JSON and a decode-vs-batch plot."""
@@ -250,8 +252,13 @@ def bench_serve(
 
     settings = serve.Settings(preset=preset, layers=layers, batches=tuple(int(b) for b in batches.split(",")),
                               new_tokens=new_tokens, prompt_len=prompt_len, prefill_len=prefill_len,
-                              prefill_batch=prefill_batch, repeats=repeats)
-    report = serve.run(work, settings, [v.strip() for v in variants.split(",") if v.strip()], resume=resume)
+                              prefill_batch=prefill_batch, repeats=repeats, tp=tp)
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    if build_only:
+        for path in serve.build(work, settings, names):
+            console.print(f"checkpoint {path}")
+        return
+    report = serve.run(work, settings, names, resume=resume)
     console.print(serve.table(report), markup=False, highlight=False)
     path = serve.save(report, out_dir or RESULTS_DIR)
     console.print(f"saved {path}")

@@ -66,3 +66,15 @@ def test_bench_serve_tiny_runs_every_cpu_variant_through_vllm(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     again = json.loads((out / "serve-cpu.json").read_text())["variants"]
     assert again["dense"]["reused"] and again["dense"]["decode"] == variants["dense"]["decode"]
+
+
+def test_build_only_writes_each_needed_checkpoint_once_and_rejects_unknown_variants(tmp_path):
+    from sparseflow.benchmarks import serve
+
+    settings = serve.Settings(preset="tiny", tp=2)
+    paths = serve.build(tmp_path, settings, ["dense", "fp8", "gqsa-w4s50"])
+    assert [p.name for p in paths] == ["dense", "gqsa_w4s50g16"]  # fp8 is online: it serves the dense checkpoint
+    assert all((p / "config.json").exists() for p in paths)
+    assert json.loads((paths[1] / "config.json").read_text())["quantization_config"]["quant_method"] == "gqsa"
+    with pytest.raises(ValueError, match="unknown variants"):
+        serve.build(tmp_path, settings, ["dense", "gqsa-w9"])

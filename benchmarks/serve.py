@@ -181,9 +181,25 @@ def measure(model_dir: str, engine: dict, settings: Settings) -> dict[str, Any]:
     return result
 
 
+def _environment() -> dict[str, Any]:
+    """Device, versions (vLLM included) and commit of this process: each variant's result carries its own, so a
+    report assembled later from results measured over several calls says where they were measured."""
+    from .harness import environment
+
+    env = environment()
+    try:
+        import vllm
+
+        env["vllm"] = vllm.__version__
+    except ImportError:
+        env["vllm"] = None
+    return env
+
+
 def _child(spec_file: str, result_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     out = measure(spec["model_dir"], spec["engine"], Settings(**spec["settings"]))
+    out["environment"] = _environment()
     Path(result_file).write_text(json.dumps(out))
     sys.stdout.flush()
     os._exit(0)  # vLLM's teardown at interpreter exit can abort after the work is done
@@ -283,17 +299,33 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def collect(work: Path, settings: Settings, variants: list[str]) -> dict[str, Any]:
+    """The report of the variants already measured under ``work`` with these settings (no engine started): for a run
+    split over several device calls whose last call ran out of time before saving. Variants not measured are left
+    out; the environment is the one the measurements recorded."""
+    _check_names(variants)
+    report: dict[str, Any] = {"settings": asdict(settings), "shape": settings.shape(), "variants": {}}
+    for name in variants:
+        tag = f"{name}-tp{settings.tp}" if settings.tp > 1 else name
+        spec, result = work / f"{tag}.spec.json", work / f"{tag}.result.json"
+        if not (spec.exists() and result.exists()):
+            continue
+        if json.loads(spec.read_text())["settings"] != json.loads(json.dumps(asdict(settings))):
+            continue
+        v = VARIANTS[name]
+        report["variants"][name] = {"label": v.label, "checkpoint": v.checkpoint, "engine": v.engine, "env": v.env,
+                                    **json.loads(result.read_text())}
+    envs = [r.pop("environment") for r in report["variants"].values() if "environment" in r]
+    if envs:
+        report["environment"] = envs[0]
+    return report
+
+
 def save(report: dict[str, Any], out_dir: Path) -> Path:
     """``serve-<device>.json`` (with the environment: device, versions, commit) in ``out_dir``."""
-    from .harness import environment
-
-    env = environment()
-    try:
-        import vllm
-
-        env["vllm"] = vllm.__version__
-    except ImportError:
-        env["vllm"] = None
+    env = report.pop("environment", None) or _environment()
+    for result in report["variants"].values():
+        result.pop("environment", None)
     out_dir.mkdir(parents=True, exist_ok=True)
     tp = report["settings"].get("tp", 1)
     path = out_dir / f"serve-{'tp' + str(tp) + '-' if tp > 1 else ''}{env['device'].replace(' ', '_')}.json"

@@ -244,6 +244,7 @@ def bench_serve(
     resume: bool = typer.Option(False, help="reuse variants already measured under --work with the same settings"),
     tp: int = typer.Option(1, help="tensor-parallel GPUs per engine"),
     build_only: bool = typer.Option(False, help="only build the variants' checkpoints under --work (no vLLM needed)"),
+    collect: bool = typer.Option(False, help="no engine: report the variants already measured under --work"),
 ) -> None:
     """Serve a random Llama (and its GQSA / N:M / vLLM-W4 / fp8 variants) with the real vLLM engine; print the
     decode / prefill table, save JSON and a decode-vs-batch plot."""
@@ -258,7 +259,7 @@ def bench_serve(
         for path in serve.build(work, settings, names):
             console.print(f"checkpoint {path}")
         return
-    report = serve.run(work, settings, names, resume=resume)
+    report = serve.collect(work, settings, names) if collect else serve.run(work, settings, names, resume=resume)
     console.print(serve.table(report), markup=False, highlight=False)
     path = serve.save(report, out_dir or RESULTS_DIR)
     console.print(f"saved {path}")

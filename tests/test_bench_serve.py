@@ -78,3 +78,24 @@ def test_build_only_writes_each_needed_checkpoint_once_and_rejects_unknown_varia
     assert json.loads((paths[1] / "config.json").read_text())["quantization_config"]["quant_method"] == "gqsa"
     with pytest.raises(ValueError, match="unknown variants"):
         serve.build(tmp_path, settings, ["dense", "gqsa-w9"])
+
+
+def test_collect_reports_only_variants_measured_with_the_same_settings(tmp_path):
+    from dataclasses import asdict
+
+    from sparseflow.benchmarks import serve
+
+    settings = serve.Settings(preset="tiny", batches=(1,))
+    result = {"engine_start_s": 1.0, "weight_bytes": 10, "prefill_tokens_per_s": 5.0,
+              "decode": {"1": {"ms_per_step": 2.0, "tokens_per_s": 500.0}}, "environment": {"device": "X"}}
+    for name, s in (("dense", settings), ("nm24-int4", settings), ("gqsa-w4s50", serve.Settings(preset="tiny"))):
+        (tmp_path / f"{name}.spec.json").write_text(json.dumps({"settings": asdict(s)}))
+        (tmp_path / f"{name}.result.json").write_text(json.dumps(result))
+    report = serve.collect(tmp_path, settings, ["dense", "gqsa-w4s50", "nm24-int4", "fp8"])
+    assert list(report["variants"]) == ["dense", "nm24-int4"]  # gqsa: other batches; fp8: never measured
+    assert report["environment"] == {"device": "X"}
+    path = serve.save(report, tmp_path / "out")
+    saved = json.loads(path.read_text())
+    assert path.name == "serve-X.json" and saved["environment"]["device"] == "X"
+    assert "environment" not in saved["variants"]["dense"]
+    assert "N:M 2:4 int4 g128" in serve.table(saved)

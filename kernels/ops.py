@@ -24,15 +24,19 @@ def _out_shape(x: torch.Tensor, n: int) -> list[int]:
 @torch.library.custom_op("sparseflow::gqsa_linear", mutates_args=())
 def gqsa_linear_op(x: torch.Tensor, codes: torch.Tensor, group_col: torch.Tensor, row_ptr: torch.Tensor,
                    scale: torch.Tensor, zero: torch.Tensor, bias: torch.Tensor | None,
-                   task_rows: torch.Tensor | None, in_features: int, group_size: int, bits: int) -> torch.Tensor:
-    """``gqsa_linear(x, GQSAWeight(...), bias, tables)``: ``x [..., K] -> [..., N]``, N = ``row_ptr.numel() - 1``."""
+                   task_rows: torch.Tensor | None, group_mask: torch.Tensor | None, group_prefix: torch.Tensor | None,
+                   in_features: int, group_size: int, bits: int) -> torch.Tensor:
+    """``gqsa_linear(x, GQSAWeight(...), bias, tables)``: ``x [..., K] -> [..., N]``, N = ``row_ptr.numel() - 1``;
+    ``task_rows``, ``group_mask`` and ``group_prefix`` are ``kernel_tables`` entries (each may be absent)."""
     w = GQSAWeight(codes, group_col, row_ptr, scale, zero, in_features=in_features, group_size=group_size, bits=bits)
-    tables = {"task_rows": task_rows} if task_rows is not None else None
+    given = {"task_rows": task_rows, "group_mask": group_mask, "group_prefix": group_prefix}
+    tables = {name: t for name, t in given.items() if t is not None} or None
     return gqsa_linear(x, w, bias, tables=tables)
 
 
 @gqsa_linear_op.register_fake
-def _(x, codes, group_col, row_ptr, scale, zero, bias, task_rows, in_features, group_size, bits):
+def _(x, codes, group_col, row_ptr, scale, zero, bias, task_rows, group_mask, group_prefix, in_features, group_size,
+      bits):
     return x.new_empty(_out_shape(x, row_ptr.shape[0] - 1))
 
 

@@ -40,12 +40,13 @@ class GQSALinearMethod(CollectedLinearMethod):
 
     def after_loading(self, layer: torch.nn.Module) -> None:
         # before CUDA-graph capture: no table is built inside the captured step
-        keep_tables(layer, kernel_tables(self.weight(layer)), ("task_rows",))
+        keep_tables(layer, kernel_tables(self.weight(layer)), ("task_rows", "group_mask", "group_prefix"))
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         c = self.checkpoint
         return torch.ops.sparseflow.gqsa_linear(x, layer.codes, layer.group_col, layer.row_ptr, layer.scale,
-                                                layer.zero, bias, layer.sf_task_rows, layer.sf_in_features,
+                                                layer.zero, bias, layer.sf_task_rows, layer.sf_group_mask,
+                                                layer.sf_group_prefix, layer.sf_in_features,
                                                 c.group_size, c.bits)
 
 

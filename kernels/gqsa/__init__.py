@@ -1,8 +1,9 @@
 """GQSA linear: group-quantized, group-sparse weights (format in ``format.py``).
 
-Public entry point: ``gqsa_linear(x, w, bias)``. On CUDA it runs Triton: a GEMV kernel that
-reads the compressed weight for decode (one row of x) and dequantize + cuBLAS for larger batches. Elsewhere, or for
-3-bit codes, it runs the torch reference and says so once in the log.
+Public entry point: ``gqsa_linear(x, w, bias, tables)``. On CUDA it runs Triton: GEMVs that read the compressed
+weight for decode (up to 4 rows of x), a tensor-core tile matmul that decodes weight tiles in registers for
+decode batches (``tile_matmul.py``), and dequantize + cuBLAS for prefill-sized batches. Elsewhere, or for 3-bit
+codes, it runs the torch reference and says so once in the log.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from .reference import dequantize_reference, gqsa_linear_reference
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
-    "GEMV_MAX_M",
     "SUPPORTED_BITS",
     "SUPPORTED_GROUP_SIZES",
     "TENSOR_NAMES",
@@ -51,13 +51,17 @@ __all__ = [
 # benchmarks/results/gqsa_linear-NVIDIA_H200.json (commit 5c1dfad): with every group stored, the word
 # GEMV wins only at M=1; from M=2 on, dequantize + cuBLAS beat both the GEMV and the fused
 # dequantize+tl.dot kernel (e.g. 28672x8192, M=2: 0.41 ms vs 0.46 / 0.49), so the fused kernel is not
-# dispatched to until it is faster. Pruned weights take the row-block GEMV up to GEMV_MAX_M.
+# dispatched to until it is faster.
 DENSE_GEMV_MAX_M = 1
-GEMV_MAX_M = 8
 # Pruned weights whose groups are whole 32-bit words take the task-centric GEMV up to this M (H200, W4S50
 # g16, commit f54fb69: at M=4 it beats dequantize + cuBLAS on every shape, 0.28 vs 0.31-0.45 ms on the
 # largest; at M=16 it is 2.4x slower: each input row re-reads the weight).
 TASK_GEMV_MAX_M = 4
+# Pruned weights past the task GEMV take the tensor-core tile matmul (tile_matmul.py) up to this M, then
+# dequantize + cuBLAS. Replaced the row-block GEMV (M <= 8) and dequantize + cuBLAS (M > 8) after the vLLM
+# serve run on the H200 (commit a768b45, 32 Llama-3-8B-shaped layers): GQSA W4S50 took 42.9 ms per decode step
+# at batch 8 and 18.1 at batch 32, against dense bf16 4.8 and 5.0. The cut-off is a first guess, not yet swept.
+TILE_MATMUL_MAX_M = 256
 
 
 def _triton_path(w: GQSAWeight, device: torch.device) -> bool:
@@ -73,16 +77,22 @@ def _triton_path(w: GQSAWeight, device: torch.device) -> bool:
 
 
 def kernel_tables(w: GQSAWeight) -> dict[str, torch.Tensor]:
-    """Per-weight tensors the CUDA kernels read besides the format's own (the task GEMV's chunk-to-row table),
-    built once after loading and passed to every ``gqsa_linear`` call: building them per call costs several
-    small launches, and vLLM captures CUDA graphs after loading. Empty off CUDA or where no kernel needs one."""
-    if w.device.type != "cuda" or w.bits not in (2, 4, 8) or (w.group_size * w.bits) % 32:
+    """Per-weight tensors the CUDA kernels read besides the format's own, built once after loading and passed to
+    every ``gqsa_linear`` call (building them per call costs several small launches, and vLLM captures CUDA graphs
+    after loading): the task GEMV's chunk-to-row table ``task_rows`` and the tile matmul's ``group_mask`` /
+    ``group_prefix``. Empty off CUDA or where no kernel needs one."""
+    from .tile_matmul import TILE_BITS, group_bitmap
+
+    if w.device.type != "cuda" or w.bits not in TILE_BITS:
         return {}
     from .triton_kernels import dense_groups_supported, task_gemv_config, task_rows
 
     if dense_groups_supported(w):
         return {}
-    return {"task_rows": task_rows(w, task_gemv_config(w)["TASK"])}
+    tables = group_bitmap(w)
+    if (w.group_size * w.bits) % 32 == 0:
+        tables["task_rows"] = task_rows(w, task_gemv_config(w)["TASK"])
+    return tables
 
 
 def dequantize(w: GQSAWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -109,11 +119,11 @@ def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None
     check_linear_inputs(x, w, bias)
     if not _triton_path(w, x.device):
         return gqsa_linear_reference(x, w, bias)
+    from .tile_matmul import gqsa_tile_matmul
     from .triton_kernels import (
         dense_groups_supported,
         gqsa_dense_gemv,
         gqsa_dequantize,
-        gqsa_gemv,
         gqsa_task_gemv,
     )
 
@@ -128,8 +138,15 @@ def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None
         if rows is None:
             info_once("gqsa: no kernel_tables(w) passed; the decode GEMV rebuilds its task table on every call")
         y = gqsa_task_gemv(x2, w, bias, rows=rows)
-    elif not dense_groups_supported(w) and m <= GEMV_MAX_M:
-        y = gqsa_gemv(x2, w, bias)
+    elif not dense_groups_supported(w) and m <= TILE_MATMUL_MAX_M:
+        bitmap = None
+        if tables and "group_mask" in tables:
+            bitmap = {"group_mask": tables["group_mask"], "group_prefix": tables["group_prefix"]}
+        else:
+            info_once("gqsa: no kernel_tables(w) passed; the tile matmul rebuilds its group bitmap on every call")
+        y = gqsa_tile_matmul(x2, w, bias, bitmap=bitmap)
     else:
+        if m > TILE_MATMUL_MAX_M:
+            info_once(f"gqsa: {m} rows of x (> {TILE_MATMUL_MAX_M}): dequantize + cuBLAS (compute-bound batches)")
         y = torch.nn.functional.linear(x2, gqsa_dequantize(w, x.dtype), bias)
     return y.reshape(*x.shape[:-1], w.out_features)

@@ -2,8 +2,9 @@
 
 Public entry point: ``nm_linear(x, w, bias)``. On CUDA it runs Triton: for small batches a GEMV that reads the
 compressed weight (2:4 int4 weights with their ``kernel_tables``: the sparse tensor cores; other 2:4
-weights with 16-bit x: a 2:4-specialised CUDA-core GEMV; other patterns: a generic one), and expand + cuBLAS
-for larger batches. Elsewhere it runs the torch reference and says so once.
+weights with 16-bit x: a 2:4-specialised CUDA-core GEMV; other patterns: a generic one), a tensor-core tile matmul
+that rebuilds weight tiles in registers for decode batches (``tile_matmul.py``), and expand + cuBLAS for
+prefill-sized batches. Elsewhere it runs the torch reference and says so once.
 """
 
 from __future__ import annotations
@@ -53,8 +54,13 @@ __all__ = [
 GEMV_MAX_M = 4
 # 2:4 int4 weights with a packed copy (kernel_tables) take the sparse-tensor-core GEMV up to this M: one pass
 # over the weight per 8 rows of x. H200, 28672x8192: 0.050 ms at M=4, 0.152 at M=16, 0.58 at M=64 (level with expand +
-# cuBLAS, 0.58), so the cut-off sits between.
-PACKED_MAX_M = 32
+# cuBLAS, 0.58). In the vLLM serve run (commit a768b45, 32 Llama-3-8B-shaped layers) 2:4 int4 decoded at 3.88 ms
+# per step at batch 8 (dense bf16 4.81) but 10.55 at batch 32 (dense 5.04): the cut-off is now 8, and batches past
+# it take the tile matmul.
+PACKED_MAX_M = 8
+# Up to this M the tile matmul (compressed weight, tensor cores); above, expand + cuBLAS (compute-bound
+# batches). A first guess, not yet swept on the H200.
+TILE_MATMUL_MAX_M = 256
 
 
 def kernel_tables(w: NMWeight) -> dict[str, torch.Tensor]:
@@ -100,6 +106,7 @@ def nm_linear(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None,
         info_once(f"sparse_nm: input on {x.device.type}, not CUDA; using the torch reference (expand + matmul)")
         return nm_linear_reference(x, w, bias)
     from .sparse_mma import nm24_sp_packed_gemv
+    from .tile_matmul import nm_tile_matmul
     from .triton_kernels import nm24_gemv, nm24_supported, nm_expand, nm_gemv
 
     x2 = x.reshape(-1, w.in_features)
@@ -112,6 +119,10 @@ def nm_linear(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None,
         y = nm24_gemv(x2, w, bias)
     elif x2.shape[0] <= GEMV_MAX_M:
         y = nm_gemv(x2, w, bias)
+    elif x2.shape[0] <= TILE_MATMUL_MAX_M:
+        y = nm_tile_matmul(x2, w, bias)
     else:
+        info_once(f"sparse_nm: {x2.shape[0]} rows of x (> {TILE_MATMUL_MAX_M}): expand + cuBLAS (compute-bound "
+                  "batches)")
         y = torch.nn.functional.linear(x2, nm_expand(w, x.dtype), bias)
     return y.reshape(*x.shape[:-1], w.out_features)

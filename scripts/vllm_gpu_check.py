@@ -1,11 +1,14 @@
 """GPU correctness of the GQSA and N:M vLLM methods on the reference model (issues 4-6): the model compressed with
-GQSA W4S50 and with N:M 2:4 + int4, served by ``vllm.LLM`` (torch.compile + CUDA graphs, bf16), must give
+GQSA W4S50 and with N:M 2:4 + int4 (g64 and g32), served by ``vllm.LLM`` (torch.compile + CUDA graphs, bf16), must give
 
 * the same greedy tokens as transformers on the *dequantized* weights (each compressed linear replaced by a plain
   ``nn.Linear`` holding its dense bf16 weight): first ``--tokens`` tokens of 5 prompts. "bf16 tolerance": where the
   two first differ, transformers' logit of vLLM's token must be within ``--tol`` of its own best (a near tie that
   bf16 rounding can flip); anything else is a mismatch;
-* with ``--tp N``, the same greedy tokens at TP=N as at TP=1.
+* with ``--tp N``, the same greedy tokens at TP=N as at TP=1, under the same rule: where they first differ, TP=1's
+  logprob of its token must be within ``--tol`` of its logprob of TP=N's token (TP changes the order of bf16 sums,
+  which can flip a near tie). The dense reference model is run the same way as a control. A checkpoint the format
+  cannot split at TP=N (scale groups across ranks) is reported as skipped, with the reason.
 
 Each engine runs in its own process (vLLM's TP workers are processes too). Writes ``gpu_check.json`` with every token
 list and a verdict per checkpoint into ``--out``, and exits non-zero on a mismatch.
@@ -33,8 +36,10 @@ PROMPTS = [
 
 
 def compress(out: Path, calibration: str) -> dict[str, Path]:
-    """The two checkpoints (cached under ``out``): GQSA W4S50 g16 (calibrated) and N:M 2:4 int4 g64 (SparseGPT +
-    GPTQ); small calibration budgets, as in the demo; ``calibration`` names a text (``sparseflow.texts``)."""
+    """The checkpoints (cached under ``out``): GQSA W4S50 g16 (calibrated), N:M 2:4 int4 g64 and g32 (SparseGPT +
+    GPTQ); small calibration budgets, as in the demo; ``calibration`` names a text (``sparseflow.texts``). g32 is
+    there for tensor parallelism: the reference model's o_proj has 384 inputs, 192 per rank at TP=2, and a g64
+    scale group of 2:4 values spans 128 inputs, which 192 does not hold a whole number of (vLLM refuses it)."""
     from sparseflow.compress import compress_gqsa, compress_nm
     from sparseflow.compressors.gqsa import GQSARecipe
     from sparseflow.compressors.nm import NMRecipe
@@ -42,38 +47,82 @@ def compress(out: Path, calibration: str) -> dict[str, Path]:
     from sparseflow.reference import resolve_model
 
     model = resolve_model("reference")
-    paths = {"gqsa_w4s50g16": out / "gqsa_w4s50g16", "nm_2of4_int4g64": out / "nm_2of4_int4g64"}
+    paths = {"gqsa_w4s50g16": out / "gqsa_w4s50g16", "nm_2of4_int4g64": out / "nm_2of4_int4g64",
+             "nm_2of4_int4g32": out / "nm_2of4_int4g32"}
     if not (paths["gqsa_w4s50g16"] / "config.json").exists():
         compress_gqsa(model, paths["gqsa_w4s50g16"], recipe=GQSARecipe(bits=4, group_size=16, sparsity=0.5,
                                                                        **DEMO_CALIBRATION), calibration=calibration)
-    if not (paths["nm_2of4_int4g64"] / "config.json").exists():
-        recipe = NMRecipe(n=2, m=4, prune="sparsegpt", value_format="int4", group_size=64, quantizer="gptq",
-                          samples=DEMO_CALIBRATION["samples"], seq_len=DEMO_CALIBRATION["seq_len"],
-                          batch_size=DEMO_CALIBRATION["batch_size"])
-        compress_nm(model, paths["nm_2of4_int4g64"], recipe, calibration=calibration)
+    for group in (64, 32):
+        path = paths[f"nm_2of4_int4g{group}"]
+        if not (path / "config.json").exists():
+            recipe = NMRecipe(n=2, m=4, prune="sparsegpt", value_format="int4", group_size=group, quantizer="gptq",
+                              samples=DEMO_CALIBRATION["samples"], seq_len=DEMO_CALIBRATION["seq_len"],
+                              batch_size=DEMO_CALIBRATION["batch_size"])
+            compress_nm(model, path, recipe, calibration=calibration)
     return paths
+
+
+def tp_blocker(model_dir: Path, tp: int) -> str | None:
+    """Why vLLM would refuse ``model_dir`` at TP=``tp`` (row-parallel inputs per rank not a whole number of the
+    format's blocks), or ``None``."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    q = cfg.get("quantization_config") or {}
+    if q.get("quant_method") != "sparse_nm" or not q.get("group_size"):
+        return None
+    span = q["group_size"] * q["m"] // q["n"]
+    for name, inputs in (("o_proj", cfg["hidden_size"]), ("down_proj", cfg["intermediate_size"])):
+        if (inputs // tp) % span:
+            return (f"{name} has {inputs} inputs, {inputs // tp} per rank at TP={tp}: not a whole number of the "
+                    f"{span}-input span of a g{q['group_size']} scale group")
+    return None
 
 
 def _engine_child(model_dir: str, tp: int, tokens: int, result_file: str) -> None:
     from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
 
-    from sparseflow.serve import generate_greedy
+    from sparseflow.serve import cpu_engine_kwargs, shutdown_engine
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    prompts = [tok(p)["input_ids"] for p in PROMPTS]
-    out = generate_greedy(model_dir, prompts, max_tokens=tokens, tensor_parallel_size=tp)
-    Path(result_file).write_text(json.dumps(out))
+    prompts = [{"prompt_token_ids": tok(p)["input_ids"]} for p in PROMPTS]
+    llm = LLM(model=model_dir, skip_tokenizer_init=True, max_model_len=256, tensor_parallel_size=tp,
+              **cpu_engine_kwargs())
+    params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True, logprobs=2)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    shutdown_engine(llm)
+    result = {"greedy": [list(o.outputs[0].token_ids) for o in outs],
+              # per step: the top-2 (token, logprob) of this engine, to judge near ties between engines
+              "top2": [[sorted(((t, lp.logprob) for t, lp in step.items()), key=lambda v: -v[1])[:2]
+                        for step in o.outputs[0].logprobs] for o in outs]}
+    Path(result_file).write_text(json.dumps(result))
     os._exit(0)  # vLLM's teardown at interpreter exit can abort after the work is done
 
 
-def run_engine(model_dir: Path, tp: int, tokens: int, out: Path) -> list[list[int]]:
-    """Greedy tokens of ``model_dir`` at TP=``tp``, from a fresh process (this script in ``--child`` mode)."""
+def run_engine(model_dir: Path, tp: int, tokens: int, out: Path) -> dict:
+    """``{"greedy", "top2"}`` of ``model_dir`` at TP=``tp``, from a fresh process (this script in ``--child``
+    mode)."""
     result = out / f"{model_dir.name}_tp{tp}.json"
     cmd = [sys.executable, __file__, "--child", str(model_dir), str(tp), str(tokens), str(result)]
     proc = subprocess.run(cmd)
     if proc.returncode != 0 or not result.exists():
         raise RuntimeError(f"vLLM at TP={tp} on {model_dir} failed (exit {proc.returncode})")
     return json.loads(result.read_text())
+
+
+def compare_engines(base: dict, other: dict, tol: float) -> list[dict]:
+    """Per prompt: equal, or the first differing step and the base engine's logprob gap there between its token
+    and the other engine's (near tie if <= tol; a token outside the base's top 2 is a mismatch)."""
+    verdicts = []
+    for i, (ours, theirs) in enumerate(zip(base["greedy"], other["greedy"], strict=True)):
+        first = next((t for t, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), None)
+        if first is None:
+            verdicts.append({"prompt": i, "equal": True})
+            continue
+        top = dict((int(t), lp) for t, lp in base["top2"][i][first])
+        gap = top[ours[first]] - top[theirs[first]] if theirs[first] in top else float("inf")
+        verdicts.append({"prompt": i, "equal": False, "first_difference": first, "logprob_gap": gap,
+                         "near_tie": gap <= tol})
+    return verdicts
 
 
 def transformers_dequantized(model_dir: Path, prompts: list[list[int]], tokens: int) -> dict:
@@ -121,6 +170,17 @@ def compare_with_tolerance(vllm_greedy: list[list[int]], hf: dict, tol: float) -
     return verdicts
 
 
+def _tp_entry(path: Path, base: dict, args) -> dict:
+    other = run_engine(path, args.tp, args.tokens, args.out)
+    verdicts = compare_engines(base, other, args.tol)
+    equal = sum(v["equal"] for v in verdicts)
+    tp_ok = all(v["equal"] or v["near_tie"] for v in verdicts)
+    print(f"{path.name}: TP=1 vs TP={args.tp}: {equal}/{len(verdicts)} prompts equal, "
+          f"{'OK' if tp_ok else 'MISMATCH'} (near ties: logprob gap <= {args.tol})", flush=True)
+    return {f"vllm_tp{args.tp}": other["greedy"], "vs_tp1": verdicts, "tp_all_equal": equal == len(verdicts),
+            "tp_ok": tp_ok}
+
+
 def main() -> int:
     if len(sys.argv) == 6 and sys.argv[1] == "--child":
         _engine_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
@@ -136,26 +196,35 @@ def main() -> int:
 
     report = {"tp": args.tp, "tokens": args.tokens, "tol": args.tol, "prompts": PROMPTS, "checkpoints": {}}
     ok = True
-    for name, path in compress(args.out, args.calibration).items():
+    paths = compress(args.out, args.calibration)
+    for name, path in paths.items():
         tok = AutoTokenizer.from_pretrained(str(path))
         prompts = [tok(p)["input_ids"] for p in PROMPTS]
         base = run_engine(path, 1, args.tokens, args.out)
         hf = transformers_dequantized(path, prompts, args.tokens)
-        verdicts = compare_with_tolerance(base, hf, args.tol)
+        verdicts = compare_with_tolerance(base["greedy"], hf, args.tol)
         vs_hf = all(v["equal"] or v["near_tie"] for v in verdicts)
-        entry = {"vllm_tp1": base, "transformers_dequantized": hf["greedy"], "vs_transformers": verdicts,
+        entry = {"vllm_tp1": base["greedy"], "transformers_dequantized": hf["greedy"], "vs_transformers": verdicts,
                  "vs_transformers_ok": vs_hf}
         print(f"{name}: vLLM vs transformers (dequantized): "
               f"{sum(v['equal'] for v in verdicts)}/{len(verdicts)} prompts equal, "
               f"{'OK' if vs_hf else 'MISMATCH'}", flush=True)
         ok &= vs_hf
         if args.tp != 1:
-            other = run_engine(path, args.tp, args.tokens, args.out)
-            equal = base == other
-            ok &= equal
-            entry.update({f"vllm_tp{args.tp}": other, "tp_equal": equal})
-            print(f"{name}: TP=1 vs TP={args.tp} greedy tokens {'equal' if equal else 'DIFFER'}", flush=True)
+            blocker = tp_blocker(path, args.tp)
+            if blocker:
+                entry["tp_skipped"] = blocker
+                print(f"{name}: TP={args.tp} not run: {blocker}", flush=True)
+            else:
+                entry.update(_tp_entry(path, base, args))
+                ok &= entry["tp_ok"]
         report["checkpoints"][name] = entry
+    if args.tp != 1:
+        # control: the dense reference model under the same rule (TP changes the bf16 summation order)
+        from sparseflow.reference import reference_model_dir
+
+        dense = Path(reference_model_dir())
+        report["dense_control"] = _tp_entry(dense, run_engine(dense, 1, args.tokens, args.out), args)
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
     return 0 if ok else 1
 

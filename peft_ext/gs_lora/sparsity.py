@@ -29,25 +29,33 @@ def groups(model: torch.nn.Module, adapter: str = "default") -> dict[str, list[t
     return dict(out)
 
 
+@torch.no_grad()
+def _batched_norms(members: dict[str, list[torch.nn.Parameter]]):
+    """``(params, group index of each, group norms [G] float64)`` with two batched launches (``_foreach_norm`` and
+    one ``index_add_``) whatever the number of parameters."""
+    params = [p for ps in members.values() for p in ps]
+    which = torch.tensor([g for g, ps in enumerate(members.values()) for _ in ps], device=params[0].device)
+    squares = torch.stack(torch._foreach_norm(params)).double().pow(2)
+    norms = torch.zeros(len(members), dtype=torch.float64, device=squares.device).index_add_(0, which, squares)
+    return params, which, norms.sqrt()
+
+
 def group_norms(model: torch.nn.Module, adapter: str = "default") -> dict[str, float]:
     """Group name -> the L2 norm of all its weights (0.0: the group is switched off)."""
-    with torch.no_grad():
-        return {g: float(torch.sqrt(sum(p.float().pow(2).sum() for p in ps)))
-                for g, ps in groups(model, adapter).items()}
+    members = groups(model, adapter)
+    return dict(zip(members, _batched_norms(members)[2].tolist(), strict=True))
 
 
 @torch.no_grad()
 def group_soft_threshold(model: torch.nn.Module, threshold: float, adapter: str = "default") -> int:
     """The group lasso's proximal step: every group scaled by ``max(0, 1 - threshold / ||group||)``. Returns the
-    number of groups that are exactly zero afterwards."""
-    zero = 0
-    for params in groups(model, adapter).values():
-        norm = torch.sqrt(sum(p.float().pow(2).sum() for p in params))
-        factor = torch.clamp(1 - threshold / norm.clamp_min(1e-30), min=0.0)
-        for p in params:
-            p.mul_(factor.to(p.dtype))
-        zero += bool(factor == 0)
-    return zero
+    number of groups that are exactly zero afterwards (one device sync; every norm and scaling is a batched
+    ``_foreach`` launch, not a few per parameter: this runs after every optimizer step)."""
+    params, which, norms = _batched_norms(groups(model, adapter))
+    factors = torch.clamp(1 - threshold / norms.clamp_min(1e-30), min=0.0)
+    per_param = factors[which]
+    torch._foreach_mul_(params, [f.to(p.dtype) for f, p in zip(per_param.unbind(), params, strict=True)])
+    return int((factors == 0).sum())
 
 
 class GroupSparsityCallback(TrainerCallback):

@@ -235,14 +235,29 @@ def write_markdown(results: dict, path: Path) -> None:
 
 
 def plot(results: dict, out: Path) -> list[Path]:
-    """``pst_sparsity.png`` (perplexity vs sparsity, PST against magnitude + FT) and ``gs_lora_groups.png`` (the norm
-    of every group after forgetting; zero = switched off)."""
+    """``dsee.png`` (held-out perplexity: base, LoRA, DSEE, DSEE pruned), ``pst_sparsity.png`` (perplexity vs
+    sparsity, PST against magnitude + FT) and ``gs_lora_groups.png`` (the norm of every group after forgetting; zero =
+    switched off)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
+    if "dsee" in results:
+        d = results["dsee"]
+        bars = {"base": d["base_ppl"], "LoRA r=8": d["lora"]["ppl"], "DSEE r=7+S": d["dsee"]["ppl"],
+                "DSEE, 30%\npruned": d["dsee_pruned_30"]["ppl"], "DSEE, 50%\npruned": d["dsee_pruned_50"]["ppl"]}
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        ax.bar(list(bars), list(bars.values()), color=["grey", "C0", "C1", "C1", "C1"])
+        for i, v in enumerate(bars.values()):
+            ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+        ax.set(ylabel="held-out perplexity", title=f"DSEE vs LoRA at {d['lora']['trainable']} trainable parameters "
+               f"({results['steps']} steps)")
+        fig.tight_layout()
+        paths.append(out / "dsee.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
     if "pst" in results:
         levels = sorted(results["pst"]["levels"], key=float)
         xs = [float(v) for v in levels]

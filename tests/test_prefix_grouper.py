@@ -129,3 +129,25 @@ def test_clear_errors(tmp_path):
         with pytest.raises(ValueError, match="needs CUDA"):
             _trainer(PrefixGrouperGRPOTrainer, PrefixGrouperGRPOConfig, tmp_path, 2,
                      prefix_grouping_attention="flex")
+
+
+@pytest.mark.parametrize("g", [1, 3])
+def test_flex_block_mask_matches_the_exact_path(g):
+    """The FlexAttention path's mask (run eagerly here; compiled on the GPU) against the exact torch path, with
+    left-padded prefixes and right-padded suffixes. Rows with no visible key (prefix padding) are not compared."""
+    from sparseflow.trl_ext.prefix_grouper.attention import grouped_attention_flex, grouped_attention_torch
+    from sparseflow.trl_ext.prefix_grouper.layout import PrefixLayout
+
+    torch.manual_seed(0)
+    p, s, rows, h, hkv, d = 9, 5, 2, 4, 2, 16
+    valid = torch.ones(rows, p + g * s, dtype=torch.bool)
+    valid[1, :3] = False
+    valid[0, p + s - 2:p + s] = False
+    layout = PrefixLayout(p, g, s, valid)
+    q = torch.randn(rows, h, layout.total, d)
+    k, v = torch.randn(rows, hkv, layout.total, d), torch.randn(rows, hkv, layout.total, d)
+    want = grouped_attention_torch(q, k, v, layout, d ** -0.5)
+    got = grouped_attention_flex(q, k, v, layout, d ** -0.5, compiled=False)
+    seen = torch.ones(rows, layout.total, dtype=torch.bool)
+    seen[1, :3] = False
+    torch.testing.assert_close(got[seen], want[seen], rtol=1e-5, atol=1e-5)

@@ -87,13 +87,15 @@ def _block_mask(layout, device: torch.device):
     return layout.cache[key]
 
 
-def grouped_attention_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout, scaling: float) -> torch.Tensor:
-    """FlexAttention for packed groups (CUDA). Same shapes as ``grouped_attention_torch``."""
+def grouped_attention_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout, scaling: float,
+                           compiled: bool = True) -> torch.Tensor:
+    """FlexAttention for packed groups (CUDA; ``compiled=False`` runs flex's slow eager path, for CPU tests of the
+    mask). Same shapes as ``grouped_attention_torch``."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    if "fn" not in _FLEX:
+    if compiled and "fn" not in _FLEX:
         _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-    out = _FLEX["fn"](q, k, v, block_mask=_block_mask(layout, q.device), scale=scaling,
+    out = (_FLEX["fn"] if compiled else flex_attention)(q, k, v, block_mask=_block_mask(layout, q.device), scale=scaling,
                       enable_gqa=k.shape[1] != q.shape[1])
     return out.transpose(1, 2)
 

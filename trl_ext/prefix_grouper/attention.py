@@ -95,8 +95,8 @@ def grouped_attention_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
 
     if compiled and "fn" not in _FLEX:
         _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-    out = (_FLEX["fn"] if compiled else flex_attention)(q, k, v, block_mask=_block_mask(layout, q.device), scale=scaling,
-                      enable_gqa=k.shape[1] != q.shape[1])
+    fn = _FLEX["fn"] if compiled else flex_attention
+    out = fn(q, k, v, block_mask=_block_mask(layout, q.device), scale=scaling, enable_gqa=k.shape[1] != q.shape[1])
     return out.transpose(1, 2)
 
 

@@ -60,7 +60,8 @@ def run(name: str, out: Path, steps: int, seed: int, callbacks: list, device: st
     tok = AutoTokenizer.from_pretrained(str(reference_model_dir()))
     model = AutoModelForCausalLM.from_pretrained(str(reference_model_dir()), dtype=torch.float32)
     args = PrefixGrouperGRPOConfig(
-        output_dir=str(Path(tempfile.gettempdir()) / "sparseflow_grpo_subnetwork" / name),  # nothing is saved num_generations=8, per_device_train_batch_size=16,
+        output_dir=str(Path(tempfile.gettempdir()) / "sparseflow_grpo_subnetwork" / name),  # nothing is saved
+        num_generations=8, per_device_train_batch_size=16,
         max_completion_length=24, max_steps=steps, learning_rate=1e-4, logging_steps=1, report_to=[],
         use_cpu=device == "cpu", seed=seed, save_strategy="no", bf16=device == "cuda", beta=0.0, temperature=1.0,
         data_seed=seed)

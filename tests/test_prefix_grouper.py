@@ -151,3 +151,17 @@ def test_flex_block_mask_matches_the_exact_path(g):
     seen = torch.ones(rows, layout.total, dtype=torch.bool)
     seen[1, :3] = False
     torch.testing.assert_close(got[seen], want[seen], rtol=1e-5, atol=1e-5)
+
+
+def test_the_trl_seam_it_overrides_is_there():
+    """An upstream change to the overridden method or the fused head fails here, loudly, not as wrong numbers."""
+    import inspect
+
+    import trl
+    from trl.trainer.utils import add_fused_lm_head
+
+    assert trl.__version__.startswith("1.16.")
+    params = list(inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters)
+    assert params[:8] == ["self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size",
+                          "compute_entropy", "compute_aux_loss"]
+    assert "shift_labels" in inspect.getsource(add_fused_lm_head)

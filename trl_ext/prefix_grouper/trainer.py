@@ -12,12 +12,20 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+import trl
 from trl import GRPOConfig, GRPOTrainer
 
 from . import attention
 from .layout import find_groups, pack_groups
 
 logger = logging.getLogger(__name__)
+
+# The trainer overrides GRPOTrainer._get_per_token_logps_and_entropies and uses TRL's fused LM head with
+# shift_labels: internals of this TRL minor version (pinned in pyproject's `trl` extra).
+SUPPORTED_TRL = "1.16"
+if not trl.__version__.startswith(SUPPORTED_TRL + "."):
+    raise ImportError(f"sparseflow's prefix grouper is built on TRL {SUPPORTED_TRL}.x internals; TRL "
+                      f"{trl.__version__} is installed. Install 'sparseflow[trl]' (trl>={SUPPORTED_TRL},<1.17)")
 
 # decoder families whose attention goes through transformers' attention interface with plain causal masking (no
 # sliding window, no logit soft-capping), so swapping the attention function is all prefix grouping needs

@@ -165,3 +165,31 @@ def test_the_trl_seam_it_overrides_is_there():
     assert params[:8] == ["self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size",
                           "compute_entropy", "compute_aux_loss"]
     assert "shift_labels" in inspect.getsource(add_fused_lm_head)
+
+
+def test_unsupported_models_and_attention_implementations_are_refused_with_the_reason():
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig
+
+    from sparseflow.trl_ext.prefix_grouper import check_model
+    from sparseflow.trl_ext.prefix_grouper.attention import install
+
+    tiny = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1, vocab_size=64)
+    with pytest.raises(ValueError, match="'gpt2'"):
+        check_model(GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64)))
+    with pytest.raises(ValueError, match="sliding-window"):
+        check_model(AutoModelForCausalLM.from_config(MistralConfig(**tiny, sliding_window=16)))
+    flex = LlamaForCausalLM(LlamaConfig(**tiny))
+    flex.config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match="attn_implementation in"):
+        install(flex)
+    ok = LlamaForCausalLM(LlamaConfig(**tiny))
+    install(ok)
+    install(ok)  # idempotent
+    assert ok.config._attn_implementation == "sparseflow_prefix_grouper"
+    assert ok.config._sparseflow_attn_original in ("sdpa", "eager")
+    ids = torch.randint(0, 64, (1, 5))
+    plain = LlamaForCausalLM(LlamaConfig(**tiny))
+    plain.load_state_dict(ok.state_dict())
+    with torch.no_grad():  # outside the grouped passes it is the original attention
+        torch.testing.assert_close(ok(input_ids=ids).logits, plain(input_ids=ids).logits)

@@ -168,10 +168,9 @@ def test_the_trl_seam_it_overrides_is_there():
 
 
 def test_unsupported_models_and_attention_implementations_are_refused_with_the_reason():
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig
-
     from sparseflow.trl_ext.prefix_grouper import check_model
     from sparseflow.trl_ext.prefix_grouper.attention import install
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig
 
     tiny = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                 num_key_value_heads=1, vocab_size=64)

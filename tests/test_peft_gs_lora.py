@@ -112,3 +112,41 @@ def test_sequential_tasks_add_their_own_groups_and_keep_earlier_ones_frozen_and_
     assert not torch.allclose(both, first_only)
     with pytest.raises(ValueError, match="already exists"):
         add_forgetting_task(model, "task2")
+
+
+def test_prototype_terms_gs_lora_plus_plus(tmp_path):
+    """GS-LoRA++: prototypes from the frozen model (adapters off), the bounded prototype loss, and a trainer run with
+    it that moves the forgotten data's features away from their prototype."""
+    from sparseflow.peft_ext.gs_lora import prototype, prototype_loss
+
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_llama(3), GSLoRAConfig(r=4, init_weights=False))
+    data = TokenDataset(forget=True)
+    retain = [{"input_ids": data.ids[0::2]}]
+    forget = [{"input_ids": data.ids[1::2]}]
+    protos = {"retain": prototype(model, retain), "forget": prototype(model, forget)}
+    with model.disable_adapter():
+        base = prototype(model.base_model.model, forget)
+    torch.testing.assert_close(protos["forget"], base)  # adapters were off
+    h = torch.randn(3, protos["forget"].numel())
+    assert prototype_loss(h[:0], protos["forget"][None].repeat(2, 1), protos["retain"], protos["forget"],
+                          margin=0.5) == pytest.approx(0.5, abs=1e-5)  # cos 1 against margin 0.5
+    assert prototype_loss(protos["retain"][None], h[:0], protos["retain"], protos["forget"]) == pytest.approx(
+        0.0, abs=1e-6)
+
+    def forget_cos():
+        with torch.no_grad():
+            out = model(input_ids=data.ids[1::2], output_hidden_states=True)
+        feats = out.hidden_states[-1].mean(1)
+        return float(torch.nn.functional.cosine_similarity(feats, protos["forget"][None]).mean())
+
+    before = forget_cos()
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, max_steps=8,
+                             learning_rate=1e-2, logging_steps=1, report_to=[], save_strategy="no",
+                             remove_unused_columns=False, use_cpu=True)
+    trainer = ForgettingTrainer(model=model, args=args, train_dataset=data, beta=0.0, bound=0.0, prototypes=protos,
+                                gamma=10.0)
+    trainer.train()
+    assert forget_cos() < before
+    with pytest.raises(ValueError, match="'retain' and 'forget'"):
+        ForgettingTrainer(model=model, args=args, train_dataset=data, prototypes={"retain": protos["retain"]})

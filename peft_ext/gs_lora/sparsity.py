@@ -93,19 +93,35 @@ def _mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 class ForgettingTrainer(Trainer):
     """A ``Trainer`` whose batches mix data to retain and data to forget: each example carries ``forget`` (1 or 0)
-    and the loss is ``forgetting_loss`` of the two groups' mean token cross-entropies."""
+    and the loss is ``forgetting_loss`` of the two groups' mean token cross-entropies.
 
-    def __init__(self, *args, beta: float = 0.2, bound: float = 10.0, **kwargs) -> None:
+    GS-LoRA++: with ``prototypes={"retain": p_r, "forget": p_f}`` (``prototypes.prototype`` of each data set), the
+    loss adds ``gamma * prototype_loss`` (features of retained data kept at their prototype, of forgotten data pushed
+    out of theirs, down to cosine ``margin``)."""
+
+    def __init__(self, *args, beta: float = 0.2, bound: float = 10.0, prototypes: dict | None = None,
+                 gamma: float = 0.1, margin: float = 0.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if prototypes is not None and set(prototypes) != {"retain", "forget"}:
+            raise ValueError(f"prototypes needs exactly the keys 'retain' and 'forget'; got {sorted(prototypes)}")
+        if gamma < 0 or not -1 <= margin <= 1:
+            raise ValueError(f"need gamma >= 0 and margin in [-1, 1]; got gamma={gamma}, margin={margin}")
         self.beta, self.bound = beta, bound
+        self.prototypes, self.gamma, self.margin = prototypes, gamma, margin
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         forget = inputs.pop("forget").bool()
         labels = inputs.pop("labels")
-        outputs = model(**inputs)
+        outputs = model(**inputs, output_hidden_states=self.prototypes is not None)
         retain_ce = _mean_ce(outputs.logits[~forget], labels[~forget])
         forget_ce = _mean_ce(outputs.logits[forget], labels[forget])
         loss = forgetting_loss(retain_ce, forget_ce, self.beta, self.bound) if forget.any() else retain_ce
+        if self.prototypes is not None:
+            from .prototypes import pooled_features, prototype_loss
+
+            feats = pooled_features(outputs.hidden_states[-1], inputs.get("attention_mask"))
+            loss = loss + self.gamma * prototype_loss(feats[~forget], feats[forget], self.prototypes["retain"],
+                                                      self.prototypes["forget"], self.margin)
         return (loss, outputs) if return_outputs else loss
 
 

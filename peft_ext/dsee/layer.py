@@ -17,14 +17,16 @@ from .support import select_support, support_size
 
 
 def sparse_linear(x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, out_features: int,
-                  in_features: int) -> torch.Tensor:
+                  in_features: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """``x [..., in] @ S.T`` for S given by flat ``indices`` and ``values``, without a dense S: gather the inputs
-    each entry reads, weigh them, add them into their output rows. O(tokens x nnz) time and memory."""
+    each entry reads, weigh them, add them into their output rows. O(tokens x nnz) time and memory. With ``out``
+    (``[..., out_features]``, a fresh tensor), the result is added into it in place, saving a zero-filled
+    ``[tokens, out]`` buffer and a full-size addition."""
     rows, cols = indices // in_features, indices % in_features
     flat = x.reshape(-1, in_features)
     contrib = flat.index_select(1, cols) * values.to(x.dtype)
-    out = flat.new_zeros(flat.shape[0], out_features).index_add(1, rows, contrib)
-    return out.reshape(*x.shape[:-1], out_features)
+    target = flat.new_zeros(flat.shape[0], out_features) if out is None else out.reshape(-1, out_features)
+    return target.index_add_(1, rows, contrib).reshape(*x.shape[:-1], out_features)
 
 
 class DSEELayer(BaseTunerLayer):
@@ -83,8 +85,9 @@ class DSEELinear(AdditiveLinear, DSEELayer):
     def adapter_update(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
         a, b, values = self.dsee_A[adapter], self.dsee_B[adapter], self.dsee_values[adapter]
         xa = x.to(a.dtype)
-        update = (xa @ a.t()) @ b.t() + sparse_linear(xa, self.dsee_indices[adapter], values, self.out_features,
-                                                      self.in_features)
+        # the sparse part is added in place into the low-rank product (a fresh tensor its backward does not need)
+        update = sparse_linear(xa, self.dsee_indices[adapter], values, self.out_features, self.in_features,
+                               out=(xa @ a.t()) @ b.t())
         return self.dsee_scale[adapter] * update
 
     def __repr__(self) -> str:

@@ -53,7 +53,7 @@ def register(name: str):
 
 
 def available() -> list[str]:
-    from . import gqsa_linear, gqsa_sparse, gqsa_tiles, grpo_prefix, nm_sparse, peft_step  # noqa: F401  (they register themselves)
+    from . import gqsa_linear, gqsa_sparse, gqsa_tiles, grpo_prefix, nm_sparse, peft_step, tile_matmul  # noqa: F401
 
     return sorted(_BENCHMARKS)
 

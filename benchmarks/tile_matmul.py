@@ -1,0 +1,88 @@
+"""The tensor-core tile matmuls (GQSA W4S50 g16 and N:M 2:4 int4 g128) at decode batches, against dense bf16 and
+the paths they replaced (GQSA dequantize + cuBLAS; 2:4 int4 on the packed sparse-MMA GEMV and expand + cuBLAS),
+CUDA-graph timed with rotating weights; plus a sweep of tile configs (``BLOCK_N``, ``SPLIT``, warps) next to the
+default ``tile_matmul_config`` so its first guess can be replaced by measured choices. Llama-3-8B linear shapes."""
+
+from __future__ import annotations
+
+from .harness import Row, over_shapes, register, time_graph_ms
+from .peers import GraphPeers, batch_inputs, gqsa_w4s50, rotating
+
+SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
+BATCHES = [8, 16, 32, 64, 128, 256]
+SWEEP = [dict(BLOCK_N=32), dict(BLOCK_N=128), dict(SPLIT_SCALE=2), dict(SPLIT_SCALE=0.5), dict(num_warps=8)]
+
+
+def _configs(default: dict) -> list[tuple[str, dict]]:
+    out = []
+    for change in SWEEP:
+        cfg = dict(default)
+        if "SPLIT_SCALE" in change:
+            cfg["SPLIT"] = max(1, round(cfg["SPLIT"] * change["SPLIT_SCALE"]))
+        else:
+            cfg.update(change)
+        if cfg != default:
+            out.append((" ".join(f"{k}={v}" for k, v in cfg.items() if k in ("BLOCK_N", "SPLIT", "num_warps")), cfg))
+    return out
+
+
+def _bench_shape(n: int, k: int, batches: list[int], sweep: bool) -> list[Row]:
+    import torch
+    import torch.nn.functional as F
+    from sparseflow.kernels.gqsa import gqsa_linear_reference
+    from sparseflow.kernels.gqsa import tile_matmul as gtile
+    from sparseflow.kernels.gqsa.triton_kernels import gqsa_dequantize
+    from sparseflow.kernels.nm import PACKED_MAX_M, from_dense, kernel_tables, nm_linear_reference
+    from sparseflow.kernels.nm import tile_matmul as ntile
+    from sparseflow.kernels.nm.sparse_mma import nm24_sp_packed_gemv
+    from sparseflow.kernels.nm.triton_kernels import nm_expand
+    from sparseflow.kernels.testing import rel_error
+
+    from sparseflow.compressors.baselines import nm_prune
+
+    dev = torch.device("cuda")
+    dense = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
+    peers = GraphPeers(dense)
+    gw, gpool = gqsa_w4s50(dense)
+    nw = from_dense(nm_prune(dense.float(), 2, 4), 2, 4, "int4", 128)
+    npool = [(p, kernel_tables(p)) for p in rotating(nw, nw.storage_bytes())]
+    rows: list[Row] = []
+    for m in batches:
+        case, x, io, flops = batch_inputs(n, k, m, dev)
+        rows += [r for r in peers.rows(case, x) if "dense" in r.impl]
+        # GQSA
+        bitmaps = [{"group_mask": t["group_mask"], "group_prefix": t["group_prefix"]} for _, t in gpool]
+        err = rel_error(gtile.gqsa_tile_matmul(x, gw, bitmap=bitmaps[0]), gqsa_linear_reference(x, gw))
+        floor = gw.storage_bytes() + io
+        default = gtile.tile_matmul_config(m, n, k, 16)
+        ms = time_graph_ms([lambda x=x, p=p, b=b: gtile.gqsa_tile_matmul(x, p, bitmap=b)
+                            for (p, _), b in zip(gpool, bitmaps, strict=True)])
+        rows.append(Row(case, "gqsa w4s50 tile", ms, floor, flops, note=f"err {err:.1e}", extra={"config": default}))
+        ms = time_graph_ms([lambda x=x, p=p: F.linear(x, gqsa_dequantize(p, x.dtype)) for p, _ in gpool[:4]])
+        rows.append(Row(case, "gqsa w4s50 deq+mm (before)", ms, floor, flops))
+        for label, cfg in _configs(default) if sweep else []:
+            ms = time_graph_ms([lambda x=x, p=p, b=b, cfg=cfg: gtile.gqsa_tile_matmul(x, p, bitmap=b, config=cfg)
+                                for (p, _), b in zip(gpool, bitmaps, strict=True)])
+            rows.append(Row(case, f"gqsa tile {label}", ms, floor, flops, extra={"config": cfg}))
+        # N:M 2:4 int4
+        err = rel_error(ntile.nm_tile_matmul(x, nw), nm_linear_reference(x, nw))
+        floor = nw.storage_bytes() + io
+        default = ntile.tile_matmul_config(m, n, k, 4)
+        ms = time_graph_ms([lambda x=x, p=p: ntile.nm_tile_matmul(x, p) for p, _ in npool])
+        rows.append(Row(case, "nm 2:4 int4 tile", ms, floor, flops, note=f"err {err:.1e}", extra={"config": default}))
+        if m <= 32 and npool[0][1]:
+            ms = time_graph_ms([lambda x=x, p=p, t=t: nm24_sp_packed_gemv(x, p, t) for p, t in npool])
+            rows.append(Row(case, f"nm 2:4 int4 packed (before, <= {PACKED_MAX_M} now)", ms, floor, flops))
+        ms = time_graph_ms([lambda x=x, p=p: F.linear(x, nm_expand(p, x.dtype)) for p, _ in npool[:4]])
+        rows.append(Row(case, "nm 2:4 int4 expand+mm (before)", ms, floor, flops))
+        for label, cfg in _configs(default) if sweep else []:
+            ms = time_graph_ms([lambda x=x, p=p, cfg=cfg: ntile.nm_tile_matmul(x, p, config=cfg) for p, _ in npool])
+            rows.append(Row(case, f"nm tile {label}", ms, floor, flops, extra={"config": cfg}))
+    return rows
+
+
+@register("tile_matmul")
+def run(quick: bool = False) -> list[Row]:
+    """Tile matmuls vs dense bf16 and the previous paths, Llama-3-8B shapes, M = 8 .. 256, with a config sweep."""
+    return over_shapes("tile_matmul", SHAPES[:1] if quick else SHAPES,
+                       lambda n, k: _bench_shape(n, k, [8, 32] if quick else BATCHES, sweep=not quick))

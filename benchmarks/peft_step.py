@@ -1,10 +1,11 @@
 """Training step time and peak memory of our PEFT methods against LoRA: same random Llama, same rank, same target
 modules (every linear of every block), same batch, bf16 on the GPU. The issue's bar: DSEE and GS-LoRA within 1.2x of
 LoRA, PST within 1.5x. Each method's own per-step work is in the timing: GS-LoRA's proximal group-lasso step, PST's
-mask (at its final sparsity)."""
+mask (at its final sparsity). ``SPARSEFLOW_PROFILE=1`` also prints each method's top ops over one more step."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from .harness import Row, register
@@ -54,8 +55,8 @@ def measure_step(name: str, config, shape: dict, batch: int, seq: int, steps: in
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    for step in range(steps + 2):
-        start = time.perf_counter()
+
+    def step_once():
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
@@ -64,14 +65,25 @@ def measure_step(name: str, config, shape: dict, batch: int, seq: int, steps: in
             group_soft_threshold(model, 1e-4 * 1e-4)
         if device == "cuda":
             torch.cuda.synchronize()
+
+    for step in range(steps + 2):
+        start = time.perf_counter()
+        step_once()
         if step >= 2:
             times.append((time.perf_counter() - start) * 1e3)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    profile = None
+    if os.environ.get("SPARSEFLOW_PROFILE"):  # where a method's extra time goes: its top ops over one more step
+        with torch.profiler.profile() as prof:
+            step_once()
+        key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+        profile = prof.key_averages().table(sort_by=key, row_limit=12)
+        print(f"--- {name}: top ops of one step ---\n{profile}", flush=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    del model, opt
+    model = opt = None  # freed before the next method is built
     if device == "cuda":
         torch.cuda.empty_cache()
-    return {"ms": statistics.median(times), "peak_bytes": peak, "trainable": trainable}
+    return {"ms": statistics.median(times), "peak_bytes": peak, "trainable": trainable, "profile": profile}
 
 
 @register("peft_step")

@@ -109,7 +109,8 @@ def run(quick: bool = False) -> list[Row]:
     lora_ms = None
     for name, results in runs.items():
         r = {"ms": statistics.median(x["ms"] for x in results), "peak_bytes": results[0]["peak_bytes"],
-             "trainable": results[0]["trainable"], "rounds_ms": [x["ms"] for x in results]}
+             "trainable": results[0]["trainable"], "rounds_ms": [x["ms"] for x in results],
+             "profile": results[-1]["profile"]}
         lora_ms = lora_ms or r["ms"]
         peak = f"{r['peak_bytes'] / 2**30:.2f} GiB peak" if r["peak_bytes"] else "peak n/a (CPU)"
         rows.append(Row(case, name, r["ms"], 0, 0, note=f"{r['ms'] / lora_ms:.2f}x LoRA time, {peak}, "

@@ -1,7 +1,8 @@
 """The tensor-core tile matmuls (GQSA W4S50 g16 and N:M 2:4 int4 g128) at decode batches, against dense bf16 and
 the paths they replaced (GQSA dequantize + cuBLAS; 2:4 int4 on the packed sparse-MMA GEMV and expand + cuBLAS),
 CUDA-graph timed with rotating weights; plus a sweep of tile configs (``BLOCK_N``, ``SPLIT``, warps) next to the
-default ``tile_matmul_config`` so its first guess can be replaced by measured choices. Llama-3-8B linear shapes."""
+default tiles (``kernels/tiles.py``) so their first guess can be replaced by measured choices. Llama-3-8B linear
+shapes."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: bool) -> list[Row]:
     from sparseflow.kernels.nm.sparse_mma import nm24_sp_packed_gemv
     from sparseflow.kernels.nm.triton_kernels import nm_expand
     from sparseflow.kernels.testing import rel_error
+    from sparseflow.kernels.tiles import tile_config
 
     from sparseflow.compressors.baselines import nm_prune
 
@@ -54,7 +56,7 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: bool) -> list[Row]:
         bitmaps = [{"group_mask": t["group_mask"], "group_prefix": t["group_prefix"]} for _, t in gpool]
         err = rel_error(gtile.gqsa_tile_matmul(x, gw, bitmap=bitmaps[0]), gqsa_linear_reference(x, gw))
         floor = gw.storage_bytes() + io
-        default = gtile.tile_matmul_config(m, n, k, 16)
+        default = tile_config(m, n, k)
         ms = time_graph_ms([lambda x=x, p=p, b=b: gtile.gqsa_tile_matmul(x, p, bitmap=b)
                             for (p, _), b in zip(gpool, bitmaps, strict=True)])
         rows.append(Row(case, "gqsa w4s50 tile", ms, floor, flops, note=f"err {err:.1e}", extra={"config": default}))

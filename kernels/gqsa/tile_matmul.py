@@ -24,10 +24,10 @@ import triton
 import triton.language as tl
 
 from ..splitk import splitk_finish, splitk_workspace
+from ..tiles import STEP_INPUTS, add_tile, dot_acc, split_grid, tile_config
 from .format import GQSAWeight
 
 TILE_BITS = (2, 4, 8)  # codes that never straddle a byte
-STEP_INPUTS = 128  # inputs (K) per column step
 
 
 def group_bitmap(w: GQSAWeight) -> dict[str, torch.Tensor]:
@@ -105,24 +105,8 @@ def _gqsa_tile_matmul_kernel(
                 wt = tl.reshape(((q - z) * s).to(x_ptr.dtype.element_ty), [BLOCK_N, BYTES_K])
                 xk = k_of + p
                 xt = tl.load(x_rows + xk[None, :], mask=mmask[:, None] & (xk < K)[None, :], other=0.0)
-                if DOT_IEEE:
-                    acc = tl.dot(xt, tl.trans(wt), acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(xt, tl.trans(wt), acc)
-    out = ws_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-    tl.atomic_add(out, acc, mask=mmask[:, None] & nmask[None, :], sem="relaxed")
-
-
-def tile_matmul_config(m: int, n: int, k: int, g: int) -> dict:
-    """Tiles and split: the whole batch in one M tile up to 128 rows (the weight is decoded once per M tile),
-    and enough K splits for ~2 programs per H200 SM. A first guess, to be replaced by an H200 sweep."""
-    block_m = min(128, max(16, triton.next_power_of_2(m)))
-    block_n = 64
-    steps = triton.cdiv(k, STEP_INPUTS)
-    tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
-    split = max(1, min(triton.cdiv(264, tiles), steps // 4 or 1))
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=split, num_warps=8 if block_m >= 128 else 4,
-                num_stages=2)
+                acc = dot_acc(xt, tl.trans(wt), acc, DOT_IEEE)
+    add_tile(ws_ptr, acc, offs_m, offs_n, N, mmask[:, None] & nmask[None, :])
 
 
 def gqsa_tile_matmul(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,
@@ -142,14 +126,12 @@ def gqsa_tile_matmul(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None =
     if mask.shape != (n, words) or prefix.shape != (n, words):
         raise ValueError(f"group bitmap is {tuple(mask.shape)}, this weight needs ({n}, {words}): it was built for "
                          "another weight")
-    cfg = dict(config or tile_matmul_config(m, n, k, w.group_size))
+    cfg = dict(config or tile_config(m, n, k))
     split = cfg.pop("SPLIT")
     gps = max(1, STEP_INPUTS // w.group_size)
-    steps = triton.cdiv(k // w.group_size, gps)
-    per_split = triton.cdiv(steps, split)
+    grid, per_split = split_grid(m, n, triton.cdiv(k // w.group_size, gps), split, cfg)
     ws = splitk_workspace(x.device, m * n)
     if w.nnz_groups:
-        grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(steps, per_split))
         _gqsa_tile_matmul_kernel[grid](
             x, w.codes, w.scale, w.zero, mask, prefix, ws, m, n, k, x.stride(0), words, per_split,
             G=w.group_size, BITS=w.bits, GPS=gps, DOT_IEEE=x.dtype == torch.float32, **cfg,

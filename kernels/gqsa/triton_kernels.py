@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from ..splitk import splitk_finish, splitk_workspace
+from ..tiles import dot_acc
 from .format import GQSAWeight
 
 TRITON_BITS = (2, 4, 8)
@@ -180,10 +181,7 @@ def _dense_groups_matmul_kernel(
                 xk = bb * CPB + p
                 xt = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + xk[None, :], mask=mmask[:, None],
                              other=0.0)
-                if DOT_IEEE:
-                    acc = tl.dot(xt, w, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(xt, w, acc)
+                acc = dot_acc(xt, w, acc, DOT_IEEE)
     out = out_ptr + pid_s.to(tl.int64) * stride_os + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
 

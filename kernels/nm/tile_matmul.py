@@ -15,10 +15,9 @@ import triton
 import triton.language as tl
 
 from ..splitk import splitk_finish, splitk_workspace
+from ..tiles import STEP_INPUTS, add_tile, dot_acc, split_grid, tile_config
 from .format import NMWeight
 from .triton_kernels import _kept_tile, _meta
-
-STEP_INPUTS = 128  # inputs (K) per step
 
 
 @triton.jit
@@ -55,24 +54,14 @@ def _nm_tile_matmul_kernel(
             wt = tl.reshape(tile.to(x_ptr.dtype.element_ty), [BLOCK_N, BLOCK_K])
             k = b0 * M_BLOCK + tl.arange(0, BLOCK_K)
             xt = tl.load(x_rows + k[None, :], mask=mmask[:, None] & (k < K)[None, :], other=0.0)
-            if DOT_IEEE:
-                acc = tl.dot(xt, tl.trans(wt), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(xt, tl.trans(wt), acc)
-    out = ws_ptr + offs_m[:, None].to(tl.int64) * N + rows[None, :]
-    tl.atomic_add(out, acc, mask=mmask[:, None] & nmask[None, :], sem="relaxed")
+            acc = dot_acc(xt, tl.trans(wt), acc, DOT_IEEE)
+    add_tile(ws_ptr, acc, offs_m, rows, N, mmask[:, None] & nmask[None, :])
 
 
 def tile_matmul_config(m: int, n: int, k: int, block: int) -> dict:
-    """Tiles and split: the whole batch in one M tile up to 128 rows (the weight is decoded once per M tile), and
-    enough K splits for ~2 programs per H200 SM. A first guess, to be replaced by an H200 sweep."""
-    block_m = min(128, max(16, triton.next_power_of_2(m)))
-    block_n = 64
-    steps = triton.cdiv(k, STEP_INPUTS)
-    tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
-    split = max(1, min(triton.cdiv(264, tiles), steps // 4 or 1))
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_B=STEP_INPUTS // block, SPLIT=split,
-                num_warps=8 if block_m >= 128 else 4, num_stages=2)
+    """The shared first-guess tiles (``..tiles.tile_config``) plus ``BLOCK_B``: blocks of ``block`` inputs per
+    step."""
+    return {**tile_config(m, n, k), "BLOCK_B": STEP_INPUTS // block}
 
 
 def nm_tile_matmul(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None,
@@ -87,10 +76,8 @@ def nm_tile_matmul(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = Non
     split = cfg.pop("SPLIT")
     if cfg["BLOCK_B"] * w.m < 16:
         raise ValueError(f"BLOCK_B={cfg['BLOCK_B']} blocks of {w.m} inputs: tl.dot needs at least 16 inputs per step")
-    steps = triton.cdiv(k // w.m, cfg["BLOCK_B"])
-    per_split = triton.cdiv(steps, split)
+    grid, per_split = split_grid(m, n, triton.cdiv(k // w.m, cfg["BLOCK_B"]), split, cfg)
     ws = splitk_workspace(x.device, m * n)
-    grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(steps, per_split))
     _nm_tile_matmul_kernel[grid](
         x, w.values, w.indices, w.scales if w.scales is not None else w.values, ws, m, n, k, w.kept_per_row,
         w.indices.shape[1], x.stride(0), per_split, DOT_IEEE=x.dtype == torch.float32, **_meta(w), **cfg,

@@ -214,14 +214,11 @@ def run_variant(name: str, work: Path, settings: Settings, resume: bool = False)
     v = VARIANTS[name]
     if v.cuda_only and not torch.cuda.is_available():
         return {"label": v.label, "skipped": "needs CUDA (vLLM's own kernel)"}
-    tag = f"{name}-tp{settings.tp}" if settings.tp > 1 else name
-    spec = work / f"{tag}.spec.json"
-    result = work / f"{tag}.result.json"
-    same = spec.exists() and json.loads(spec.read_text())["settings"] == json.loads(json.dumps(asdict(settings)))
-    if resume and result.exists() and same:
+    spec, result = _files(work, name, settings)
+    measured = _measured(work, name, settings)
+    if resume and measured is not None:
         print(f"[serve] {v.label}: reusing {result}", flush=True)
-        return {"label": v.label, "checkpoint": v.checkpoint, "engine": v.engine, "env": v.env, "reused": True,
-                **json.loads(result.read_text())}
+        return {**measured, "reused": True}
     model_dir = build_checkpoint(v.checkpoint, work, settings)
     result.unlink(missing_ok=True)
     spec.write_text(json.dumps({"model_dir": str(model_dir), "engine": v.engine, "settings": asdict(settings)}))
@@ -231,6 +228,23 @@ def run_variant(name: str, work: Path, settings: Settings, resume: bool = False)
                           env=env)
     if proc.returncode != 0 or not result.exists():
         return {"label": v.label, "failed": f"engine process exited {proc.returncode}"}
+    return _measured(work, name, settings)
+
+
+def _files(work: Path, name: str, settings: Settings) -> tuple[Path, Path]:
+    """A variant's spec and result files under ``work`` (kept apart per tensor-parallel size)."""
+    tag = f"{name}-tp{settings.tp}" if settings.tp > 1 else name
+    return work / f"{tag}.spec.json", work / f"{tag}.result.json"
+
+
+def _measured(work: Path, name: str, settings: Settings) -> dict[str, Any] | None:
+    """The variant's report entry if it was measured under ``work`` with exactly these settings, else ``None``."""
+    spec, result = _files(work, name, settings)
+    if not (spec.exists() and result.exists()):
+        return None
+    if json.loads(spec.read_text())["settings"] != json.loads(json.dumps(asdict(settings))):
+        return None
+    v = VARIANTS[name]
     return {"label": v.label, "checkpoint": v.checkpoint, "engine": v.engine, "env": v.env,
             **json.loads(result.read_text())}
 
@@ -306,15 +320,9 @@ def collect(work: Path, settings: Settings, variants: list[str]) -> dict[str, An
     _check_names(variants)
     report: dict[str, Any] = {"settings": asdict(settings), "shape": settings.shape(), "variants": {}}
     for name in variants:
-        tag = f"{name}-tp{settings.tp}" if settings.tp > 1 else name
-        spec, result = work / f"{tag}.spec.json", work / f"{tag}.result.json"
-        if not (spec.exists() and result.exists()):
-            continue
-        if json.loads(spec.read_text())["settings"] != json.loads(json.dumps(asdict(settings))):
-            continue
-        v = VARIANTS[name]
-        report["variants"][name] = {"label": v.label, "checkpoint": v.checkpoint, "engine": v.engine, "env": v.env,
-                                    **json.loads(result.read_text())}
+        measured = _measured(work, name, settings)
+        if measured is not None:
+            report["variants"][name] = measured
     envs = [r.pop("environment") for r in report["variants"].values() if "environment" in r]
     if envs:
         report["environment"] = envs[0]

@@ -112,16 +112,24 @@ def run_engine(model_dir: Path, tp: int, tokens: int, out: Path) -> dict:
 def compare_engines(base: dict, other: dict, tol: float) -> list[dict]:
     """Per prompt: equal, or the first differing step and the base engine's logprob gap there between its token
     and the other engine's (near tie if <= tol; a token outside the base's top 2 is a mismatch)."""
+    def gap(i: int, step: int, ours: int, theirs: int) -> float:
+        top = dict((int(t), lp) for t, lp in base["top2"][i][step])
+        return top[ours] - top[theirs] if theirs in top else float("inf")
+
+    return _verdicts(base["greedy"], other["greedy"], gap, "logprob_gap", tol)
+
+
+def _verdicts(ours_all: list[list[int]], theirs_all: list[list[int]], gap, gap_name: str, tol: float) -> list[dict]:
+    """Per prompt: equal, or the first step where the token lists differ and ``gap(prompt, step, ours, theirs)``
+    there under ``gap_name`` (a near tie if <= tol)."""
     verdicts = []
-    for i, (ours, theirs) in enumerate(zip(base["greedy"], other["greedy"], strict=True)):
+    for i, (ours, theirs) in enumerate(zip(ours_all, theirs_all, strict=True)):
         first = next((t for t, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), None)
         if first is None:
             verdicts.append({"prompt": i, "equal": True})
             continue
-        top = dict((int(t), lp) for t, lp in base["top2"][i][first])
-        gap = top[ours[first]] - top[theirs[first]] if theirs[first] in top else float("inf")
-        verdicts.append({"prompt": i, "equal": False, "first_difference": first, "logprob_gap": gap,
-                         "near_tie": gap <= tol})
+        g = gap(i, first, ours[first], theirs[first])
+        verdicts.append({"prompt": i, "equal": False, "first_difference": first, gap_name: g, "near_tie": g <= tol})
     return verdicts
 
 
@@ -157,17 +165,11 @@ def transformers_dequantized(model_dir: Path, prompts: list[list[int]], tokens: 
 
 def compare_with_tolerance(vllm_greedy: list[list[int]], hf: dict, tol: float) -> list[dict]:
     """Per prompt: equal, or the first differing step and transformers' logit gap there (near tie if <= tol)."""
-    verdicts = []
-    for i, (ours, theirs) in enumerate(zip(vllm_greedy, hf["greedy"], strict=True)):
-        first = next((t for t, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), None)
-        if first is None:
-            verdicts.append({"prompt": i, "equal": True})
-            continue
-        step = hf["logits"][i][first]
-        gap = float(step.max() - step[ours[first]])
-        verdicts.append({"prompt": i, "equal": False, "first_difference": first, "logit_gap": gap,
-                         "near_tie": gap <= tol})
-    return verdicts
+    def gap(i: int, step: int, ours: int, theirs: int) -> float:
+        logits = hf["logits"][i][step]
+        return float(logits.max() - logits[ours])
+
+    return _verdicts(vllm_greedy, hf["greedy"], gap, "logit_gap", tol)
 
 
 def _tp_entry(path: Path, base: dict, args) -> dict:

@@ -146,12 +146,17 @@ def register() -> None:
     AttentionMaskInterface.register(NAME, prefix_grouper_mask)
 
 
+def text_config(model):
+    """The language model's config of a transformers model, or of the one inside a PEFT model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config.get_text_config()
+
+
 def install(model) -> None:
     """Switch ``model`` (a transformers model, or a PEFT model around one) to the prefix-grouper attention, which
     behaves as its current ``sdpa`` / ``eager`` attention unless called with a layout. Idempotent."""
     register()
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = base.config.get_text_config()
+    cfg = text_config(model)
     if cfg._attn_implementation == NAME:
         return
     if cfg._attn_implementation not in ORIGINALS:

@@ -49,14 +49,9 @@ class PrefixGrouperGRPOConfig(GRPOConfig):
                              f"{ATTENTION_CHOICES}")
 
 
-def _text_config(model):
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.config.get_text_config()
-
-
 def check_model(model) -> None:
     """Raise ``ValueError`` saying why ``model`` cannot be prefix-grouped (family, sliding window, soft-capping)."""
-    cfg = _text_config(model)
+    cfg = attention.text_config(model)
     if cfg.model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"prefix grouping supports {SUPPORTED_MODEL_TYPES} models; this one is {cfg.model_type!r}. "
                          "Set prefix_grouping=False to train it with stock GRPO")

@@ -104,6 +104,16 @@ def test_clear_errors(tmp_path):
         SubnetworkOnly({"model.nope.weight": torch.ones(2, 2, dtype=torch.bool)}).attach(model)
     with pytest.raises(ValueError, match="mask shapes do not match"):
         SubnetworkOnly({"model.layers.0.mlp.up_proj.weight": torch.ones(2, 2, dtype=torch.bool)}).attach(model)
+    good = tmp_path / "mask.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(64, 64, dtype=torch.bool)}, str(good))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        SubnetworkOnly.from_file(cut)
+    with pytest.raises(FileNotFoundError, match="no subnetwork mask"):
+        SubnetworkOnly.from_file(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="every must be"):
         SubnetworkTracker(every=0)
     model.model.layers[0].mlp.up_proj.weight.ds_numel = 123  # how DeepSpeed ZeRO-3 marks a partitioned weight

@@ -120,7 +120,14 @@ class SubnetworkOnly(TrainerCallback):
     def from_file(cls, path: str | Path) -> SubnetworkOnly:
         from safetensors.torch import load_file
 
-        return cls({n: t.bool() for n, t in load_file(str(path)).items()})
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no subnetwork mask at {path} (write one with SubnetworkTracker.save_masks)")
+        try:
+            tensors = load_file(str(path))
+        except Exception as err:  # safetensors reports a cut file as a header error
+            raise ValueError(f"{path} is not a readable mask file (truncated, or not safetensors): {err}") from err
+        return cls({n: t.bool() for n, t in tensors.items()})
 
     def attach(self, model: torch.nn.Module) -> None:
         params = dict(model.named_parameters())

@@ -107,6 +107,18 @@ def test_sparse_linear_equals_a_dense_sparse_matrix():
     torch.testing.assert_close(sparse_linear(x, idx, values, out_f, in_f), x @ dense.t())
 
 
+def test_sparse_linear_gradients_equal_the_dense_sparse_matrix():
+    """The hand-written backward (in place into ``out``): gradients of x, values and whatever produced ``out``."""
+    torch.manual_seed(1)
+    out_f, in_f = 7, 13
+    idx = torch.sort(torch.randperm(out_f * in_f)[:20]).values
+    x = torch.randn(3, 5, in_f, dtype=torch.double, requires_grad=True)
+    values = torch.randn(20, dtype=torch.double, requires_grad=True)
+    base = torch.randn(in_f, out_f, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, v, b: sparse_linear(x, idx, v, out_f, in_f, out=x @ b), (x, values, base))
+    assert torch.autograd.gradcheck(lambda x, v: sparse_linear(x, idx, v, out_f, in_f), (x, values))
+
+
 def test_grebsmo_support_finds_what_the_low_rank_part_cannot_explain():
     """W = a strong rank-1 matrix + 12 spikes smaller than its largest entries: magnitude picks rank-1 entries,
     the low-rank + sparse decomposition picks the spikes."""

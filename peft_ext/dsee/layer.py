@@ -16,17 +16,41 @@ from .config import DSEEConfig
 from .support import select_support, support_size
 
 
+class _SparseAdd(torch.autograd.Function):
+    """``out[..., rows] += x[..., cols] * values`` in place, with a hand-written backward.
+
+    Autograd's own backward of the same three ops (index_select, mul, in-place index_add on a reshaped view)
+    clones the full ``[tokens, out]`` gradient several times per layer (CopySlices); here the output gradient
+    passes through untouched and only ``[tokens, nnz]`` gathers plus one scatter into the input gradient remain."""
+
+    @staticmethod
+    def forward(ctx, out, x, rows, cols, values):
+        ctx.save_for_backward(x, rows, cols, values)
+        ctx.mark_dirty(out)
+        return out.index_add_(-1, rows, x.index_select(-1, cols) * values.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, rows, cols, values = ctx.saved_tensors
+        picked = grad.index_select(-1, rows)  # [..., nnz]
+        grad_x = grad_values = None
+        if ctx.needs_input_grad[1]:
+            grad_x = torch.zeros_like(x).index_add_(-1, cols, picked * values.to(grad.dtype))
+        if ctx.needs_input_grad[4]:
+            grad_values = (picked * x.index_select(-1, cols)).reshape(-1, cols.numel()).sum(0).to(values.dtype)
+        return grad, grad_x, None, None, grad_values
+
+
 def sparse_linear(x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, out_features: int,
                   in_features: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``x [..., in] @ S.T`` for S given by flat ``indices`` and ``values``, without a dense S: gather the inputs
-    each entry reads, weigh them, add them into their output rows. O(tokens x nnz) time and memory. With ``out``
-    (``[..., out_features]``, a fresh tensor), the result is added into it in place, saving a zero-filled
-    ``[tokens, out]`` buffer and a full-size addition."""
+    """``x [..., in] @ S.T -> [..., out]`` for S given by flat ``indices`` and ``values`` ``[nnz]``, without a dense
+    S: gather the inputs each entry reads, weigh them, add them into their output features. O(tokens x nnz) time
+    and memory. With ``out`` (``[..., out_features]``, a fresh tensor nothing else needs for its backward), the
+    result is added into it in place, saving a zero-filled ``[tokens, out]`` buffer and a full-size addition."""
     rows, cols = indices // in_features, indices % in_features
-    flat = x.reshape(-1, in_features)
-    contrib = flat.index_select(1, cols) * values.to(x.dtype)
-    target = flat.new_zeros(flat.shape[0], out_features) if out is None else out.reshape(-1, out_features)
-    return target.index_add_(1, rows, contrib).reshape(*x.shape[:-1], out_features)
+    if out is None:
+        out = x.new_zeros(*x.shape[:-1], out_features)
+    return _SparseAdd.apply(out, x, rows, cols, values)
 
 
 class DSEELayer(BaseTunerLayer):

@@ -53,6 +53,18 @@ def test_tile_matmul_matches_reference(m, n, k, bits, g, density, dtype):
     assert_close(y.float(), gqsa_linear_reference(x.float(), w, bias.float()), dtype, name=f"tile matmul {dtype}")
 
 
+@pytest.mark.parametrize("g", [8, 16])
+def test_tile_matmul_last_step_partly_past_k(g):
+    """K = 400: 25 (g16) or 50 (g8) group columns, so the last 128-input step is partial."""
+    from sparseflow.kernels.gqsa.tile_matmul import gqsa_tile_matmul
+
+    w = _weight(23, 400, 4, g, 0.6)
+    x = torch.randn(9, 400, device=DEVICE).to(torch.float16)
+    for split in (1, 2):
+        y = gqsa_tile_matmul(x, w, config=dict(BLOCK_M=16, BLOCK_N=16, SPLIT=split, num_warps=4))
+        assert_close(y.float(), gqsa_linear_reference(x.float(), w), torch.float16, name=f"partial step g{g}")
+
+
 @pytest.mark.parametrize("split", [1, 3])
 def test_tile_matmul_k_splits_and_small_tiles_agree(split):
     from sparseflow.kernels.gqsa.tile_matmul import gqsa_tile_matmul
@@ -73,6 +85,8 @@ def test_tile_matmul_refuses_a_foreign_bitmap_and_3_bit_codes():
         gqsa_tile_matmul(x, w, bitmap=group_bitmap(other))
     with pytest.raises(ValueError, match="not 3"):
         gqsa_tile_matmul(x, _weight(16, 256, 3, 16, 0.5))
+    with pytest.raises(ValueError, match="whole 32-bit words, not 2-bit g8"):
+        gqsa_tile_matmul(x, _weight(16, 256, 2, 8, 0.5))
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="gqsa_linear dispatches to Triton on CUDA only")

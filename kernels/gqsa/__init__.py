@@ -81,9 +81,9 @@ def kernel_tables(w: GQSAWeight) -> dict[str, torch.Tensor]:
     every ``gqsa_linear`` call (building them per call costs several small launches, and vLLM captures CUDA graphs
     after loading): the task GEMV's chunk-to-row table ``task_rows`` and the tile matmul's ``group_mask`` /
     ``group_prefix``. Empty off CUDA or where no kernel needs one."""
-    from .tile_matmul import TILE_BITS, group_bitmap
+    from .tile_matmul import group_bitmap, tile_supported
 
-    if w.device.type != "cuda" or w.bits not in TILE_BITS:
+    if w.device.type != "cuda" or not tile_supported(w):
         return {}
     from .triton_kernels import dense_groups_supported, task_gemv_config, task_rows
 
@@ -119,7 +119,7 @@ def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None
     check_linear_inputs(x, w, bias)
     if not _triton_path(w, x.device):
         return gqsa_linear_reference(x, w, bias)
-    from .tile_matmul import gqsa_tile_matmul
+    from .tile_matmul import gqsa_tile_matmul, tile_supported
     from .triton_kernels import (
         dense_groups_supported,
         gqsa_dense_gemv,
@@ -138,7 +138,7 @@ def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None
         if rows is None:
             info_once("gqsa: no kernel_tables(w) passed; the decode GEMV rebuilds its task table on every call")
         y = gqsa_task_gemv(x2, w, bias, rows=rows)
-    elif not dense_groups_supported(w) and m <= TILE_MATMUL_MAX_M:
+    elif not dense_groups_supported(w) and m <= TILE_MATMUL_MAX_M and tile_supported(w):
         bitmap = None
         if tables and "group_mask" in tables:
             bitmap = {"group_mask": tables["group_mask"], "group_prefix": tables["group_prefix"]}
@@ -148,5 +148,8 @@ def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None
     else:
         if m > TILE_MATMUL_MAX_M:
             info_once(f"gqsa: {m} rows of x (> {TILE_MATMUL_MAX_M}): dequantize + cuBLAS (compute-bound batches)")
+        elif not dense_groups_supported(w):
+            info_once(f"gqsa: no tile matmul for {w.bits}-bit g{w.group_size} (groups of whole 32-bit words only); "
+                      f"{m} rows of x take dequantize + cuBLAS")
         y = torch.nn.functional.linear(x2, gqsa_dequantize(w, x.dtype), bias)
     return y.reshape(*x.shape[:-1], w.out_features)

@@ -58,10 +58,11 @@ DENSE_GEMV_MAX_M = 1
 # largest; at M=16 it is 2.4x slower: each input row re-reads the weight).
 TASK_GEMV_MAX_M = 4
 # Pruned weights past the task GEMV take the tensor-core tile matmul (tile_matmul.py) up to this M, then
-# dequantize + cuBLAS. Replaced the row-block GEMV (M <= 8) and dequantize + cuBLAS (M > 8) after the vLLM
-# serve run on the H200 (commit a768b45, 32 Llama-3-8B-shaped layers): GQSA W4S50 took 42.9 ms per decode step
-# at batch 8 and 18.1 at batch 32, against dense bf16 4.8 and 5.0. The cut-off is a first guess, not yet swept.
-TILE_MATMUL_MAX_M = 256
+# dequantize + cuBLAS. H200, `sparseflow bench run tile_matmul` at commit a1bf631 (Llama-3-8B shapes, W4S50 g16):
+# up to M = 64 the tile matmul beats dequantize + cuBLAS on every shape (6144x4096 M=32: 0.034 against 0.072 ms;
+# 28672x4096 M=64: 0.15 against 0.25); at M = 128 it loses on 28672x4096 (0.28 against 0.25). Both are still
+# slower than dense bf16 (0.017 and 0.065 ms there): decoding costs ~13 instructions per weight.
+TILE_MATMUL_MAX_M = 64
 
 
 def _triton_path(w: GQSAWeight, device: torch.device) -> bool:

@@ -53,14 +53,13 @@ __all__ = [
 # M=2 and M~256: the GEMV picks positions per input row, so its cost grows with M.
 GEMV_MAX_M = 4
 # 2:4 int4 weights with a packed copy (kernel_tables) take the sparse-tensor-core GEMV up to this M: one pass
-# over the weight per 8 rows of x. H200, 28672x8192: 0.050 ms at M=4, 0.152 at M=16, 0.58 at M=64 (level with expand +
-# cuBLAS, 0.58). In the vLLM serve run (commit a768b45, 32 Llama-3-8B-shaped layers) 2:4 int4 decoded at 3.88 ms
-# per step at batch 8 (dense bf16 4.81) but 10.55 at batch 32 (dense 5.04): the cut-off is now 8, and batches past
-# it take the tile matmul.
-PACKED_MAX_M = 8
-# Up to this M the tile matmul (compressed weight, tensor cores); above, expand + cuBLAS (compute-bound
-# batches). A first guess, not yet swept on the H200.
-TILE_MATMUL_MAX_M = 256
+# over the weight per 8 rows of x. H200, `sparseflow bench run tile_matmul` at commit a1bf631 (Llama-3-8B shapes):
+# at M = 8 / 16 / 32 it beats expand + cuBLAS on every shape (6144x4096: 0.013 / 0.022 / 0.040 ms against 0.065;
+# 28672x4096: 0.043 / 0.077 / 0.147 against 0.28), and dense bf16 only at M <= 8 (0.016 and 0.069 ms).
+PACKED_MAX_M = 32
+# Past the decode kernels: expand + cuBLAS. The tensor-core tile matmul (tile_matmul.py) stays tested but is not
+# dispatched: in the same run it took 0.13-1.7 ms, 3-6x slower than expand + cuBLAS at every M from 8 to 256.
+TILE_MATMUL_MAX_M = 0
 
 
 def kernel_tables(w: NMWeight) -> dict[str, torch.Tensor]:
@@ -122,7 +121,7 @@ def nm_linear(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None,
     elif x2.shape[0] <= TILE_MATMUL_MAX_M:
         y = nm_tile_matmul(x2, w, bias)
     else:
-        info_once(f"sparse_nm: {x2.shape[0]} rows of x (> {TILE_MATMUL_MAX_M}): expand + cuBLAS (compute-bound "
-                  "batches)")
+        info_once(f"sparse_nm: {x2.shape[0]} rows of x: expand + cuBLAS (past the decode kernels; the tile matmul "
+                  "is slower on the H200)")
         y = torch.nn.functional.linear(x2, nm_expand(w, x.dtype), bias)
     return y.reshape(*x.shape[:-1], w.out_features)

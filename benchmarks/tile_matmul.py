@@ -71,6 +71,11 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: bool) -> list[Row]:
         rows.append(_timed(case, "gqsa w4s50 tile", [lambda x=x, p=p, b=b: gtile.gqsa_tile_matmul(x, p, bitmap=b)
                                                      for (p, _), b in zip(gpool, bitmaps, strict=True)],
                            floor, flops, note=f"err {err:.1e}", extra={"config": default}))
+        fast, gtile.FAST_DECODE = gtile.FAST_DECODE, False  # the plain decode: the decode's share of the time
+        rows.append(_timed(case, "gqsa w4s50 tile, plain decode",
+                           [lambda x=x, p=p, b=b: gtile.gqsa_tile_matmul(x, p, bitmap=b)
+                            for (p, _), b in zip(gpool, bitmaps, strict=True)], floor, flops))
+        gtile.FAST_DECODE = fast
         rows.append(_timed(case, "gqsa w4s50 deq+mm", [lambda x=x, p=p: F.linear(x, gqsa_dequantize(p, x.dtype))
                                                        for p, _ in gpool[:4]], floor, flops))
         for label, cfg in _configs(default) if sweep else []:

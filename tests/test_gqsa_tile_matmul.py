@@ -53,6 +53,23 @@ def test_tile_matmul_matches_reference(m, n, k, bits, g, density, dtype):
     assert_close(y.float(), gqsa_linear_reference(x.float(), w, bias.float()), dtype, name=f"tile matmul {dtype}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda v: str(v).replace("torch.", ""))
+def test_tile_matmul_zeros_off_the_grid(dtype):
+    """Zeros moved by end-to-end tuning: fractional, negative and past the code range (the GPU's fast 4-bit decode
+    splits each zero into its integer part, subtracted exactly, and its fraction, folded into the FMA)."""
+    from sparseflow.kernels.gqsa.tile_matmul import gqsa_tile_matmul
+
+    w = _weight(40, 512, 4, 16, 0.6)
+    torch.manual_seed(3)
+    moved = w.zero.float() + torch.empty_like(w.zero.float()).uniform_(-0.5, 0.5)
+    moved[::7] = -3.25
+    moved[1::7] = 21.5
+    w.zero.copy_(moved.to(w.zero.dtype))
+    x = torch.randn(24, 512, device=DEVICE).to(dtype)
+    assert_close(gqsa_tile_matmul(x, w).float(), gqsa_linear_reference(x.float(), w), dtype,
+                 name=f"tile matmul, zeros off the grid, {dtype}")
+
+
 @pytest.mark.parametrize("g", [8, 16])
 def test_tile_matmul_last_step_partly_past_k(g):
     """K = 400: 25 (g16) or 50 (g8) group columns, so the last 128-input step is partial."""

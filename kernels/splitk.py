@@ -48,6 +48,11 @@ def _finish_kernel(ws_ptr, bias_ptr, y_ptr, M, N, stride_ym, HAS_BIAS: tl.conste
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = i < M * N
     v = tl.load(ws_ptr + i, mask=ok, other=0.0)
+    # Every thread of the program must have read its sums before any zeroes them: with a 16-bit y, Triton gives the
+    # load and the zero store different thread layouts (the y store wants 8 elements per thread, float32 4), so
+    # without this barrier one thread zeroed sums another had not read yet. H200: bfloat16 outputs of 1M+ elements
+    # came back with up to 2% zeros (and a float atomic exchange, which would also do, has no interpreter support).
+    tl.debug_barrier()
     tl.store(ws_ptr + i, tl.zeros_like(v), mask=ok)
     row = i // N
     col = i % N

@@ -4,7 +4,8 @@ Used to judge decode-kernel variants before spending device time on them: the GQ
 instruction-bound, so instructions per loop iteration predict their speed. Pointer and stride arguments
 get the 16-divisibility hint the runtime specialisation would give them.
 
-    python -m benchmarks.sass gqsa_task [--dump]      (or nm24, nm24sp, nm24sp_packed; --help for options)
+    python -m benchmarks.sass gqsa_task [--dump]      (or nm24, nm24sp, nm24sp_packed, gqsa_tile, splitk_finish;
+                                                       --help for options)
 """
 
 from __future__ import annotations
@@ -124,7 +125,30 @@ def _nm24sp_packed(args):
     return compile_sass(sm._nm24_sp_packed_kernel, sig, const, div, num_warps=args.warps)
 
 
-KERNELS = {"gqsa_task": _gqsa_task, "nm24": _nm24, "nm24sp": _nm24sp, "nm24sp_packed": _nm24sp_packed}
+def _gqsa_tile(args):
+    from sparseflow.kernels.gqsa import tile_matmul as tm
+    fast = {"bf16": 1, "fp16": 2}.get(args.x, 0) if args.fast else 0
+    sig = dict(x_ptr="*" + args.x, words_ptr="*i32", scale_ptr="*fp16", zero_ptr="*fp16", mask_ptr="*i32",
+               prefix_ptr="*i32", ws_ptr="*fp32", M="i32", N="i32", K="i32", stride_xm="i32", WORDS="i32",
+               STEPS_PER_SPLIT="i32", G="constexpr", BITS="constexpr", GPS="constexpr", DOT_IEEE="constexpr",
+               FAST="constexpr", DECODE_ASM="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr")
+    const = dict(G=16, BITS=4, GPS=8, DOT_IEEE=args.x == "fp32", FAST=fast,
+                 DECODE_ASM=(tm._DECODE_BF16, tm._DECODE_FP16)[fast - 1] if fast else "", BLOCK_M=args.block_m,
+                 BLOCK_N=64)
+    div = ["x_ptr", "words_ptr", "scale_ptr", "zero_ptr", "mask_ptr", "prefix_ptr", "ws_ptr", "K", "stride_xm"]
+    return compile_sass(tm._gqsa_tile_matmul_kernel, sig, const, div, num_warps=args.warps)
+
+
+def _splitk_finish(args):
+    from sparseflow.kernels import splitk
+    sig = dict(ws_ptr="*fp32", bias_ptr="*fp32", y_ptr="*" + args.x, M="i32", N="i32", stride_ym="i32",
+               HAS_BIAS="constexpr", BLOCK="constexpr")
+    return compile_sass(splitk._finish_kernel, sig, dict(HAS_BIAS=False, BLOCK=1024),
+                        ["ws_ptr", "y_ptr", "N", "stride_ym"], num_warps=4)
+
+
+KERNELS = {"gqsa_task": _gqsa_task, "nm24": _nm24, "nm24sp": _nm24sp, "nm24sp_packed": _nm24sp_packed,
+           "gqsa_tile": _gqsa_tile, "splitk_finish": _splitk_finish}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--block-u", type=int, default=64)
     p.add_argument("--warps", type=int, default=4)
     p.add_argument("--blocks", type=int, default=1, help="nm24sp_packed: 8-row x blocks per program (MB)")
+    p.add_argument("--block-m", type=int, default=32, help="gqsa_tile: rows of x per program")
+    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
+                   help="gqsa_tile: the inline-PTX 4-bit decode (bf16/fp16 x)")
     args = p.parse_args(argv)
     sass = KERNELS[args.kernel](args)
     if args.dump:

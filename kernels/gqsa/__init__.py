@@ -58,10 +58,11 @@ DENSE_GEMV_MAX_M = 1
 # largest; at M=16 it is 2.4x slower: each input row re-reads the weight).
 TASK_GEMV_MAX_M = 4
 # Pruned weights past the task GEMV take the tensor-core tile matmul (tile_matmul.py) up to this M, then
-# dequantize + cuBLAS. H200, `sparseflow bench run tile_matmul` at commit a1bf631 (Llama-3-8B shapes, W4S50 g16):
-# up to M = 64 the tile matmul beats dequantize + cuBLAS on every shape (6144x4096 M=32: 0.034 against 0.072 ms;
-# 28672x4096 M=64: 0.15 against 0.25); at M = 128 it loses on 28672x4096 (0.28 against 0.25). Both are still
-# slower than dense bf16 (0.017 and 0.065 ms there): decoding costs ~13 instructions per weight.
+# dequantize + cuBLAS. H200, Llama-3-8B shapes, W4S50 g16, with the fast 4-bit decode (commit 4675236,
+# results/tile_fast_decode-NVIDIA_H200.json): up to M = 64 the tile matmul beats dequantize + cuBLAS on every
+# shape (M=32: 0.024 / 0.017 / 0.089 / 0.049 ms on 6144x4096 / 4096x4096 / 28672x4096 / 4096x14336, against
+# 0.073 / 0.053 / 0.252 / 0.145); at M = 128 it loses on the two largest (0.30 against 0.25 on 28672x4096). Dense
+# bf16 is still faster: 0.017 / 0.014 / 0.063 / 0.034 ms at M=32.
 TILE_MATMUL_MAX_M = 64
 
 

@@ -133,8 +133,7 @@ def _gqsa_tile(args):
                STEPS_PER_SPLIT="i32", G="constexpr", BITS="constexpr", GPS="constexpr", DOT_IEEE="constexpr",
                FAST="constexpr", DECODE_ASM="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr")
     const = dict(G=16, BITS=4, GPS=8, DOT_IEEE=args.x == "fp32", FAST=fast,
-                 DECODE_ASM=(tm._DECODE_BF16, tm._DECODE_FP16)[fast - 1] if fast else "", BLOCK_M=args.block_m,
-                 BLOCK_N=64)
+                 DECODE_ASM=tm.decode_asm(fast), BLOCK_M=args.block_m, BLOCK_N=64)
     div = ["x_ptr", "words_ptr", "scale_ptr", "zero_ptr", "mask_ptr", "prefix_ptr", "ws_ptr", "K", "stride_xm"]
     return compile_sass(tm._gqsa_tile_matmul_kernel, sig, const, div, num_warps=args.warps)
 

@@ -34,6 +34,15 @@ def split_grid(m: int, n: int, steps: int, split: int, cfg: dict) -> tuple[tuple
 
 
 @triton.jit
+def tile_start(x_ptr, stride_xm, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's output tile (grid axes 0 and 1: N tiles, M tiles): ``(offs_m [BM], offs_n [BN], m mask,
+    n mask, x row pointers [BM, 1])``."""
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return offs_m, offs_n, offs_m < M, offs_n < N, x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
+
+
+@triton.jit
 def dot_acc(a, b, acc, IEEE: tl.constexpr):
     """``acc + a @ b`` on the tensor cores; ``IEEE``: exact float32 products (float32 inputs), not TF32."""
     if IEEE:

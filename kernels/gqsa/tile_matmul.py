@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ..splitk import splitk_finish, splitk_workspace
-from ..tiles import STEP_INPUTS, add_tile, dot_acc, split_grid, tile_config
+from ..tiles import STEP_INPUTS, add_tile, dot_acc, split_grid, tile_config, tile_start
 from .format import GQSAWeight
 
 TILE_BITS = (2, 4, 8)  # codes that never straddle a 32-bit word
@@ -50,6 +50,17 @@ def group_bitmap(w: GQSAWeight) -> dict[str, torch.Tensor]:
     prefix = w.row_ptr[:-1].long()[:, None] + count.cumsum(1) - count
     mask = torch.where(mask >= 2**31, mask - 2**32, mask).to(torch.int32).view(n, words)
     return {"group_mask": mask, "group_prefix": prefix.to(torch.int32)}
+
+
+@triton.jit
+def _step_codes(scale_ptr, zero_ptr, words_ptr, idx, stored, WPG: tl.constexpr):
+    """Scales and zeros (float32 ``[BN, GPS]``) and code words (int32 ``[BN, GPS, WPG]``) of the groups at ``idx``;
+    zeros where not ``stored``."""
+    s = tl.load(scale_ptr + idx, mask=stored, other=0.0).to(tl.float32)
+    z = tl.load(zero_ptr + idx, mask=stored, other=0.0).to(tl.float32)
+    wd = tl.load(words_ptr + idx[:, :, None] * WPG + tl.arange(0, WPG)[None, None, :], mask=stored[:, :, None],
+                 other=0)
+    return s, z, wd
 
 
 @triton.jit
@@ -82,20 +93,24 @@ def _step_lookup(mask_ptr, prefix_ptr, rows, nmask, c0, WORDS, GPS: tl.constexpr
 # instructions per weight instead of ~13 (shift, mask, I2F, FFMA, pack). Pairs come out as (c_j, c_j+4), so x is
 # loaded in that order (``_word_order``). Exact up to the half-precision rounding of s and frac(z) * s (bf16: 2**-9
 # relative), where the plain path rounds (c - z) * s once; zeros' integer parts are clamped to [-128, 127].
-_DECODE_BF16 = """{
+def _decode_ptx(magic: str, kind: str) -> str:
+    """The per-pair decode for one half-precision kind: mask a pair of codes into ``magic`` (bf16 128 + c, fp16
+    1024 + c), subtract ``$3`` (the magic plus the zero's integer part), then ``* $4 + $5`` (scale, -frac(z) * s)."""
+    return f"""{{
 .reg .b32 r;
-lop3.b32 r, $2, 0x000F000F, 0x43004300, 0xea;
-add.rn.bf16x2 r, r, $3;
-fma.rn.bf16x2 r, r, $4, $5;
-mov.b32 {$0, $1}, r;
-}"""
-_DECODE_FP16 = """{
-.reg .b32 r;
-lop3.b32 r, $2, 0x000F000F, 0x64006400, 0xea;
-add.rn.f16x2 r, r, $3;
-fma.rn.f16x2 r, r, $4, $5;
-mov.b32 {$0, $1}, r;
-}"""
+lop3.b32 r, $2, 0x000F000F, {magic}, 0xea;
+add.rn.{kind} r, r, $3;
+fma.rn.{kind} r, r, $4, $5;
+mov.b32 {{$0, $1}}, r;
+}}"""
+
+
+_DECODE_PTX = {1: _decode_ptx("0x43004300", "bf16x2"), 2: _decode_ptx("0x64006400", "f16x2")}
+
+
+def decode_asm(fast: int) -> str:
+    """The kernel's ``DECODE_ASM`` for its ``FAST`` value (empty for the plain decode)."""
+    return _DECODE_PTX.get(fast, "")
 
 
 @triton.jit
@@ -108,8 +123,8 @@ def _half_pair(v):
 @triton.jit
 def _decode_int4_fast(wd, s, z, FAST: tl.constexpr, ASM: tl.constexpr, BLOCK_N: tl.constexpr, STEP_K: tl.constexpr):
     """``wd [BN, GPS, WPG]`` int32 words of 4-bit codes, ``s``, ``z [BN, GPS]`` float32 -> ``[BN, STEP_K]`` weights
-    in ``_word_order``, bfloat16 (FAST = 1) or float16 (FAST = 2); ``ASM``: ``_DECODE_BF16`` or ``_DECODE_FP16``
-    (a kernel constexpr: jitted code cannot read module strings)."""
+    in ``_word_order``, bfloat16 (FAST = 1) or float16 (FAST = 2); ``ASM``: ``decode_asm(FAST)`` (a kernel
+    constexpr: jitted code cannot read module strings)."""
     DT: tl.constexpr = tl.bfloat16 if FAST == 1 else tl.float16
     OFFSET: tl.constexpr = 128.0 if FAST == 1 else 1024.0
     zi = tl.minimum(tl.maximum(tl.floor(z + 0.5), -128.0), 127.0)
@@ -145,18 +160,11 @@ def _gqsa_tile_matmul_kernel(
     WPG: tl.constexpr = G // CPW  # words per group
     STEP_K: tl.constexpr = GPS * G
     CODE_MASK: tl.constexpr = (1 << BITS) - 1
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
     ncols = K // G
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask = offs_m < M
-    nmask = offs_n < N
+    offs_m, offs_n, mmask, nmask, x_rows = tile_start(x_ptr, stride_xm, M, N, BLOCK_M, BLOCK_N)
     rows = offs_n.to(tl.int64)
-    wv = tl.arange(0, WPG)[None, None, :]
     shifts = (tl.arange(0, CPW) * BITS)[None, None, None, :]
-    x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
     c_first = pid_s * STEPS_PER_SPLIT * GPS
     c_end = tl.minimum(c_first + STEPS_PER_SPLIT * GPS, ncols)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
@@ -166,9 +174,7 @@ def _gqsa_tile_matmul_kernel(
     # (a row mask for "this step exists" is built by comparison: the interpreter refuses tensor & scalar masks)
     stored, idx = _step_lookup(mask_ptr, prefix_ptr, rows, offs_n < tl.where(c_first < c_end, N, 0), c_first,
                                WORDS, GPS)
-    s = tl.load(scale_ptr + idx, mask=stored, other=0.0).to(tl.float32)
-    z = tl.load(zero_ptr + idx, mask=stored, other=0.0).to(tl.float32)
-    wd = tl.load(words_ptr + idx[:, :, None] * WPG + wv, mask=stored[:, :, None], other=0)
+    s, z, wd = _step_codes(scale_ptr, zero_ptr, words_ptr, idx, stored, WPG)
     for c0 in range(c_first, c_end, GPS):
         c1 = c0 + GPS
         stored1, idx1 = _step_lookup(mask_ptr, prefix_ptr, rows, offs_n < tl.where(c1 < c_end, N, 0), c1, WORDS,
@@ -183,19 +189,18 @@ def _gqsa_tile_matmul_kernel(
             wt = tl.reshape((q * s[:, :, None, None] - (z * s)[:, :, None, None]).to(x_ptr.dtype.element_ty),
                             [BLOCK_N, STEP_K])
         acc = dot_acc(wt, tl.trans(xt), acc, DOT_IEEE)
-        s = tl.load(scale_ptr + idx1, mask=stored1, other=0.0).to(tl.float32)
-        z = tl.load(zero_ptr + idx1, mask=stored1, other=0.0).to(tl.float32)
-        wd = tl.load(words_ptr + idx1[:, :, None] * WPG + wv, mask=stored1[:, :, None], other=0)
+        s, z, wd = _step_codes(scale_ptr, zero_ptr, words_ptr, idx1, stored1, WPG)
     add_tile(ws_ptr, tl.trans(acc), offs_m, offs_n, N, mmask[:, None] & nmask[None, :])
 
 
 # The fast decode's inline PTX runs on the GPU only (the Triton interpreter cannot run it); off: the plain decode.
 FAST_DECODE = os.environ.get("SPARSEFLOW_TILE_FAST_DECODE", "1") != "0"
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # read once: fast_decode runs on every call
 
 
 def fast_decode(x: torch.Tensor, bits: int) -> int:
     """``FAST`` for the kernel: 1 (bfloat16 x) or 2 (float16 x) for 4-bit codes on CUDA, else 0 (plain decode)."""
-    if not (FAST_DECODE and x.is_cuda and bits == 4 and os.environ.get("TRITON_INTERPRET") != "1"):
+    if not (FAST_DECODE and x.is_cuda and bits == 4 and not _INTERPRETED):
         return 0
     return {torch.bfloat16: 1, torch.float16: 2}.get(x.dtype, 0)
 
@@ -233,6 +238,6 @@ def gqsa_tile_matmul(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None =
         _gqsa_tile_matmul_kernel[grid](
             x, w.codes.view(torch.int32), w.scale, w.zero, mask, prefix, ws, m, n, k, x.stride(0), words, per_split,
             G=w.group_size, BITS=w.bits, GPS=gps, DOT_IEEE=x.dtype == torch.float32, FAST=fast,
-            DECODE_ASM=(_DECODE_BF16, _DECODE_FP16)[fast - 1] if fast else "", **cfg,
+            DECODE_ASM=decode_asm(fast), **cfg,
         )
     return splitk_finish(ws, torch.empty(m, n, dtype=x.dtype, device=x.device), bias)

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ..splitk import splitk_finish, splitk_workspace
-from ..tiles import STEP_INPUTS, add_tile, dot_acc, split_grid, tile_config
+from ..tiles import STEP_INPUTS, add_tile, dot_acc, split_grid, tile_config, tile_start
 from .format import NMWeight
 from .triton_kernels import _kept_tile, _meta
 
@@ -28,16 +28,10 @@ def _nm_tile_matmul_kernel(
     DOT_IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     BLOCK_K: tl.constexpr = BLOCK_B * M_BLOCK
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
     nblocks = K // M_BLOCK
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask = offs_m < M
-    nmask = rows < N
+    offs_m, rows, mmask, nmask, x_rows = tile_start(x_ptr, stride_xm, M, N, BLOCK_M, BLOCK_N)
     c = tl.arange(0, M_BLOCK)
-    x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     b_first = pid_s * STEPS_PER_SPLIT * BLOCK_B
     for step in range(STEPS_PER_SPLIT):

@@ -2,9 +2,9 @@
 
 Public entry point: ``nm_linear(x, w, bias)``. On CUDA it runs Triton: for small batches a GEMV that reads the
 compressed weight (2:4 int4 weights with their ``kernel_tables``: the sparse tensor cores; other 2:4
-weights with 16-bit x: a 2:4-specialised CUDA-core GEMV; other patterns: a generic one), a tensor-core tile matmul
-that rebuilds weight tiles in registers for decode batches (``tile_matmul.py``), and expand + cuBLAS for
-prefill-sized batches. Elsewhere it runs the torch reference and says so once.
+weights with 16-bit x: a 2:4-specialised CUDA-core GEMV; other patterns: a generic one), and expand + cuBLAS past
+them. A tensor-core tile matmul (``tile_matmul.py``) exists and is tested but is not dispatched: slower than expand
++ cuBLAS on the H200. Elsewhere it runs the torch reference and says so once.
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ GEMV_MAX_M = 4
 PACKED_MAX_M = 32
 # Past the decode kernels: expand + cuBLAS. The tensor-core tile matmul (tile_matmul.py) stays tested but is not
 # dispatched: in the same run it took 0.13-1.7 ms, 3-6x slower than expand + cuBLAS at every M from 8 to 256.
-TILE_MATMUL_MAX_M = 0
 
 
 def kernel_tables(w: NMWeight) -> dict[str, torch.Tensor]:
@@ -105,7 +104,6 @@ def nm_linear(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None,
         info_once(f"sparse_nm: input on {x.device.type}, not CUDA; using the torch reference (expand + matmul)")
         return nm_linear_reference(x, w, bias)
     from .sparse_mma import nm24_sp_packed_gemv
-    from .tile_matmul import nm_tile_matmul
     from .triton_kernels import nm24_gemv, nm24_supported, nm_expand, nm_gemv
 
     x2 = x.reshape(-1, w.in_features)
@@ -118,8 +116,6 @@ def nm_linear(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None,
         y = nm24_gemv(x2, w, bias)
     elif x2.shape[0] <= GEMV_MAX_M:
         y = nm_gemv(x2, w, bias)
-    elif x2.shape[0] <= TILE_MATMUL_MAX_M:
-        y = nm_tile_matmul(x2, w, bias)
     else:
         info_once(f"sparse_nm: {x2.shape[0]} rows of x: expand + cuBLAS (past the decode kernels; the tile matmul "
                   "is slower on the H200)")

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import time
 
-from .harness import Row, register
+from .harness import TINY_LLAMA, Row, register
 
 SHAPES = {
     # 0.52B parameters: 24 blocks of 18.9M plus 65.5M of embedding and head
     "gpu": dict(hidden_size=1024, intermediate_size=5120, num_hidden_layers=24, num_attention_heads=16,
                 num_key_value_heads=8, vocab_size=32000),
-    "quick": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=100),
+    "quick": TINY_LLAMA,
 }
 
 

@@ -23,6 +23,11 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _BENCHMARKS: dict[str, Callable[..., list[Row]]] = {}
 
 
+# The Llama shape of the training benchmarks' CPU smoke runs (``quick``)
+TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=100)
+
+
 @dataclass
 class Row:
     """One timed configuration of one implementation."""

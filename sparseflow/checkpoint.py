@@ -40,6 +40,10 @@ def safetensors_files(model_dir: str | Path) -> list[Path]:
     return files
 
 
+def _unreadable(f: Path, err: Exception) -> ValueError:
+    return ValueError(f"{f}: cannot read safetensors (corrupt or truncated?): {err}")
+
+
 def load_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a folder's safetensors files; a corrupt or truncated file raises ``ValueError``."""
     from safetensors.torch import load_file
@@ -49,8 +53,21 @@ def load_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
         try:
             state.update(load_file(str(f)))
         except Exception as err:  # safetensors raises its own error types for a bad header or short file
-            raise ValueError(f"{f}: cannot read safetensors (corrupt or truncated?): {err}") from err
+            raise _unreadable(f, err) from err
     return state
+
+
+def check_safetensors(model_dir: str | Path) -> None:
+    """Raise ``ValueError`` (as ``load_state_dict`` does) if a weight file's header is corrupt or the file is
+    shorter than its header says; reads headers only, for folders another library then loads."""
+    from safetensors import safe_open
+
+    for f in safetensors_files(model_dir):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception as err:  # safetensors' own error types, as above
+            raise _unreadable(f, err) from err
 
 
 def save_folder(out_dir: str | Path, state: dict[str, torch.Tensor], config: dict[str, Any],

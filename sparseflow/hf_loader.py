@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from sparseflow.checkpoint import load_state_dict, read_config
+from sparseflow.checkpoint import check_safetensors, load_state_dict, read_config
 
 
 def _formats() -> dict:
@@ -83,4 +83,5 @@ def load_causal_lm(model_dir: str | Path, *, dtype: torch.dtype = torch.float32,
     qdict = read_config(model_dir).get("quantization_config")
     if qdict is not None:
         return load_model(model_dir, dtype=dtype, device=device)
+    check_safetensors(model_dir)  # transformers' own error for a cut-off file names neither the file nor the cause
     return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()

@@ -60,6 +60,10 @@ def test_loader_rejects_bad_checkpoints(gqsa_llama_dir, tiny_llama_dir, tmp_path
         load_model(tiny_llama_dir)  # a dense checkpoint
     with pytest.raises(ValueError, match="corrupt or truncated"):
         load_model(truncated_copy(gqsa_llama_dir, tmp_path / "truncated"))
+    from sparseflow.hf_loader import load_causal_lm
+
+    with pytest.raises(ValueError, match=r"model\.safetensors: cannot read safetensors \(corrupt or truncated"):
+        load_causal_lm(truncated_copy(tiny_llama_dir, tmp_path / "dense-truncated"))  # the dense path too
     wrong = copy_with_quant_config(gqsa_llama_dir, tmp_path / "wrong-bits", bits=8)  # contradicts the packed codes
     with pytest.raises(ValueError, match="codes"):
         load_model(wrong)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 HBM_BYTES_PER_S = 4.27e12
 BF16_FLOPS_PER_S = 690e12
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+log = logging.getLogger(__name__)
 
 _BENCHMARKS: dict[str, Callable[..., list[Row]]] = {}
 
@@ -77,6 +79,9 @@ def warm_up_gpu(seconds: float = 2.0) -> None:
 
     import torch
 
+    if not torch.cuda.is_available():  # the CPU-capable benchmarks (peft_step, grpo_prefix) then run on the host
+        log.info("no CUDA GPU: nothing to warm up; benchmarks that need one will say so")
+        return
     a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:

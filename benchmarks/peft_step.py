@@ -57,14 +57,14 @@ def measure_step(name: str, config, shape: dict, batch: int, seq: int, steps: in
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
 
-    def step_once():
+    def step_once(sync: bool = True):
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if name == "GS-LoRA":
             group_soft_threshold(model, 1e-4 * 1e-4)
-        if device == "cuda":
+        if device == "cuda" and sync:
             torch.cuda.synchronize()
 
     for step in range(steps + 2):
@@ -73,6 +73,7 @@ def measure_step(name: str, config, shape: dict, batch: int, seq: int, steps: in
         if step >= 2:
             times.append((time.perf_counter() - start) * 1e3)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    syncs = count_host_syncs(lambda: step_once(sync=False)) if device == "cuda" else None
     profile = None
     if os.environ.get("SPARSEFLOW_PROFILE"):  # where a method's extra time goes: its top ops over one more step
         with torch.profiler.profile() as prof:
@@ -84,7 +85,27 @@ def measure_step(name: str, config, shape: dict, batch: int, seq: int, steps: in
     model = opt = None  # freed before the next method is built
     if device == "cuda":
         torch.cuda.empty_cache()
-    return {"ms": statistics.median(times), "peak_bytes": peak, "trainable": trainable, "profile": profile}
+    return {"ms": statistics.median(times), "peak_bytes": peak, "trainable": trainable, "profile": profile,
+            "host_syncs": syncs}
+
+
+def count_host_syncs(step) -> int:
+    """Device syncs one step makes (CUDA's sync debug mode warns on each): a sync per layer stops the host queueing
+    work ahead of the GPU, which at small batches costs more than any kernel. ``step`` must not synchronize
+    itself."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 @register("peft_step")
@@ -115,9 +136,13 @@ def run(quick: bool = False) -> list[Row]:
         for name, results in runs.items():
             r = {"ms": statistics.median(x["ms"] for x in results), "peak_bytes": results[0]["peak_bytes"],
                  "trainable": results[0]["trainable"], "rounds_ms": [x["ms"] for x in results],
-                 "profile": results[-1]["profile"]}
+                 "profile": results[-1]["profile"], "host_syncs": results[-1]["host_syncs"]}
             lora_ms = lora_ms or r["ms"]
             peak = f"{r['peak_bytes'] / 2**30:.2f} GiB peak" if r["peak_bytes"] else "peak n/a (CPU)"
             rows.append(Row(case, name, r["ms"], 0, 0, note=f"{r['ms'] / lora_ms:.2f}x LoRA time, {peak}, "
-                            f"{r['trainable'] / 1e6:.2f}M trainable", extra=r))
+                            f"{r['trainable'] / 1e6:.2f}M trainable, {_syncs(r['host_syncs'])}", extra=r))
     return rows
+
+
+def _syncs(count: int | None) -> str:
+    return "syncs n/a (CPU)" if count is None else f"{count} syncs/step"

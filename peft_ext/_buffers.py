@@ -38,3 +38,14 @@ class AdapterBuffers(nn.Module):
 
     def pop(self, name: str, default=None):
         return self._buffers.pop(name, default)
+
+
+def derived(cache: dict, name: str, tensor: torch.Tensor, compute):
+    """``compute(tensor)``, kept in ``cache[name]`` until ``tensor`` is replaced (``.to()`` gives a new tensor) or
+    written in place (``fill_``, and ``load_state_dict``'s ``copy_``, bump its version counter). For values read
+    every forward pass: recomputing costs launches, and reading a GPU tensor back costs a device sync per layer."""
+    hit = cache.get(name)
+    if hit is None or hit[0] is not tensor or hit[1] != tensor._version:
+        hit = (tensor, tensor._version, compute(tensor))
+        cache[name] = hit
+    return hit[2]

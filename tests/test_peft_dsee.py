@@ -234,3 +234,20 @@ def test_loading_an_adapter_saved_by_another_method_is_refused(tmp_path):
     model = get_peft_model(tiny_llama(), DSEEConfig(r=2, sparse_size=8, target_modules=["q_proj"]))
     with pytest.raises(ValueError, match=r"different peft types.*DSEE.*GS_LORA"):
         model.load_adapter(tmp_path / "gs", adapter_name="other")
+
+
+def test_a_support_loaded_into_a_layer_that_already_ran_is_the_one_used():
+    """The layer keeps Omega's rows and columns between steps; loading another adapter's state into it in place
+    (after a forward filled that cache) must still use the loaded support."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict
+
+    trained = get_peft_model(tiny_llama(), DSEEConfig(r=4, sparse_size=48, target_modules=TARGETS, seed=1,
+                                                      init_weights=False))
+    other = get_peft_model(tiny_llama(), DSEEConfig(r=4, sparse_size=48, target_modules=TARGETS, seed=2,
+                                                    sparse_init="random"))
+    x = _batch(5)
+    with torch.no_grad():
+        other(input_ids=x)
+        set_peft_model_state_dict(other, get_peft_model_state_dict(trained))
+        torch.testing.assert_close(other(input_ids=x).logits, trained(input_ids=x).logits)

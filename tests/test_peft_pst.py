@@ -127,3 +127,18 @@ def test_nm_masks_start_as_the_identity_and_export_only_at_the_final_pattern(tmp
     set_sparsity(model, 0.5)
     w = sparse_weights(model)["model.layers.0.self_attn.q_proj"]
     assert ((w.view(64, 16, 4) != 0).sum(-1) <= 2).all()
+
+
+def test_the_level_each_forward_reads_follows_every_way_the_buffer_changes():
+    """The layer keeps the level as a float (no GPU sync per forward); it must still see set_sparsity's fill_, a
+    state-dict load (copy_ in place) and a replaced buffer."""
+    model = get_peft_model(tiny_llama(), PSTConfig(r=4, importance_rank=4, sparsity=0.5, target_modules=TARGETS))
+    layer = next(m for m in model.modules() if isinstance(m, PSTLinear))
+    assert layer.level("default") == 0.0
+    set_sparsity(model, 0.3)
+    assert layer.level("default") == pytest.approx(0.3)
+    layer.load_state_dict({**layer.state_dict(), "pst_level.default": torch.tensor(0.45)})
+    assert layer.level("default") == pytest.approx(0.45)
+    layer.pst_level["default"] = torch.tensor(0.1)
+    assert layer.level("default") == pytest.approx(0.1)
+    assert (layer.sparse_weight("default") == 0).float().mean() == pytest.approx(0.1, abs=0.01)

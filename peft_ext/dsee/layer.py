@@ -7,50 +7,31 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .._buffers import AdapterBuffers
+from .._buffers import AdapterBuffers, derived
 from .._linear import AdditiveLinear, check_rank, init_linear_layer
 from .config import DSEEConfig
 from .support import select_support, support_size
 
 
-class _SparseAdd(torch.autograd.Function):
-    """``out[..., rows] += x[..., cols] * values`` in place, with a hand-written backward.
-
-    Autograd's own backward of the same three ops (index_select, mul, in-place index_add on a reshaped view)
-    clones the full ``[tokens, out]`` gradient several times per layer (CopySlices); here the output gradient
-    passes through untouched and only ``[tokens, nnz]`` gathers plus one scatter into the input gradient remain."""
-
-    @staticmethod
-    def forward(ctx, out, x, rows, cols, values):
-        ctx.save_for_backward(x, rows, cols, values)
-        ctx.mark_dirty(out)
-        return out.index_add_(-1, rows, x.index_select(-1, cols) * values.to(x.dtype))
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, rows, cols, values = ctx.saved_tensors
-        picked = grad.index_select(-1, rows)  # [..., nnz]
-        grad_x = grad_values = None
-        if ctx.needs_input_grad[1]:
-            grad_x = torch.zeros_like(x).index_add_(-1, cols, picked * values.to(grad.dtype))
-        if ctx.needs_input_grad[4]:
-            grad_values = (picked * x.index_select(-1, cols)).reshape(-1, cols.numel()).sum(0).to(values.dtype)
-        return grad, grad_x, None, None, grad_values
-
-
 def sparse_linear(x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, out_features: int,
-                  in_features: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``x [..., in] @ S.T -> [..., out]`` for S given by flat ``indices`` and ``values`` ``[nnz]``, without a dense
-    S: gather the inputs each entry reads, weigh them, add them into their output features. O(tokens x nnz) time
-    and memory. With ``out`` (``[..., out_features]``, a fresh tensor nothing else needs for its backward), the
-    result is added into it in place, saving a zero-filled ``[tokens, out]`` buffer and a full-size addition."""
-    rows, cols = indices // in_features, indices % in_features
+                  in_features: int, out: torch.Tensor | None = None,
+                  rows_cols: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """``out + x [..., in] @ S.T -> [..., out]`` for S given by flat ``indices`` and ``values`` ``[nnz]``, without a
+    dense S: gather the inputs each entry reads, weigh them, add them into their output features. O(tokens x nnz)
+    time and memory beyond ``out`` (default zeros). ``rows_cols``: ``indices``' rows and columns, when the caller
+    keeps them (``DSEELinear`` does, so a step does not recompute them).
+
+    Three plain ops, so autograd's C++ engine runs the backward: the out-of-place ``index_add`` passes the output
+    gradient through untouched (an in-place add into a reshaped view made autograd clone it several times per
+    layer), and a Python ``autograd.Function`` here cost more host time per layer than the ops it ran."""
+    rows, cols = rows_cols if rows_cols is not None else (indices // in_features, indices % in_features)
     if out is None:
         out = x.new_zeros(*x.shape[:-1], out_features)
-    return _SparseAdd.apply(out, x, rows, cols, values)
+    return out.index_add_(-1, rows, x.index_select(-1, cols) * values.to(x.dtype))
 
 
 class DSEELayer(BaseTunerLayer):
@@ -64,6 +45,7 @@ class DSEELayer(BaseTunerLayer):
         self.dsee_values = nn.ParameterDict({})
         self.dsee_indices = AdapterBuffers()
         self.dsee_scale: dict[str, float] = {}
+        self._support_cache: dict[str, tuple] = {}
 
     def update_layer(self, adapter_name: str, config: DSEEConfig) -> None:
         check_rank(self, config.r, "DSEE")
@@ -109,10 +91,14 @@ class DSEELinear(AdditiveLinear, DSEELayer):
     def adapter_update(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
         a, b, values = self.dsee_A[adapter], self.dsee_B[adapter], self.dsee_values[adapter]
         xa = x.to(a.dtype)
-        # the sparse part is added in place into the low-rank product (a fresh tensor its backward does not need)
         update = sparse_linear(xa, self.dsee_indices[adapter], values, self.out_features, self.in_features,
-                               out=(xa @ a.t()) @ b.t())
+                               out=F.linear(F.linear(xa, a), b), rows_cols=self.support_rows_cols(adapter))
         return self.dsee_scale[adapter] * update
+
+    def support_rows_cols(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Omega's rows and columns, ``[nnz]`` each, kept between steps (two fewer launches per layer and step)."""
+        return derived(self._support_cache, adapter, self.dsee_indices[adapter],
+                       lambda indices: (indices // self.in_features, indices % self.in_features))
 
     def __repr__(self) -> str:
         return "dsee." + super().__repr__()

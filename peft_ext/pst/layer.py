@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from .._buffers import AdapterBuffers
+from .._buffers import AdapterBuffers, derived
 from .._linear import check_rank, init_linear_layer
 from .config import PSTConfig
 from .masks import group_mask, nm_mask, straight_through, unstructured_mask
@@ -29,6 +29,7 @@ class PSTLayer(BaseTunerLayer):
             setattr(self, name, nn.ParameterDict({}))
         self.pst_level = AdapterBuffers()
         self.pst_config: dict[str, PSTConfig] = {}
+        self._level_cache: dict[str, tuple] = {}
 
     def update_layer(self, adapter_name: str, config: PSTConfig) -> None:
         check_rank(self, max(config.r, config.importance_rank), "PST")
@@ -54,6 +55,11 @@ class PSTLayer(BaseTunerLayer):
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
+    def level(self, adapter: str) -> float:
+        """The current sparsity, read back from its buffer only when the buffer changed: a ``float()`` of a GPU
+        tensor in every forward pass is a device sync per layer, which stops the host queueing work ahead."""
+        return derived(self._level_cache, adapter, self.pst_level[adapter], float)
+
     def updated_weight(self, adapter: str) -> torch.Tensor:
         """``W' = W + U V``."""
         return self.get_base_layer().weight + self.pst_U[adapter] @ self.pst_V[adapter]
@@ -67,7 +73,7 @@ class PSTLayer(BaseTunerLayer):
         """The binary mask for the current sparsity level. N:M: unstructured while the level ramps up, the N:M
         pattern once it reaches the pattern's own sparsity 1 - n/m (so the adapter starts as the identity)."""
         config = self.pst_config[adapter]
-        level = float(self.pst_level[adapter])
+        level = self.level(adapter)
         with torch.no_grad():
             if config.mask == "nm":
                 n, m = config.pattern()

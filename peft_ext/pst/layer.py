@@ -16,7 +16,7 @@ from torch import nn
 from .._buffers import AdapterBuffers, derived
 from .._linear import check_rank, init_linear_layer
 from .config import PSTConfig
-from .masks import group_mask, nm_mask, straight_through, unstructured_mask
+from .masks import group_mask, nm_mask, unstructured_mask
 
 
 class PSTLayer(BaseTunerLayer):
@@ -66,8 +66,10 @@ class PSTLayer(BaseTunerLayer):
 
     def importance(self, adapter: str, updated: torch.Tensor) -> torch.Tensor:
         """``|W'| + A B + R 1^T + 1 C^T``."""
-        return (updated.abs() + self.pst_A[adapter] @ self.pst_B[adapter] + self.pst_R[adapter][:, None]
-                + self.pst_C[adapter][None, :])
+        # one addmm and two in-place adds: fewer autograd nodes than the sum written out (a host-bound step counts
+        # them), same arithmetic
+        return (torch.addmm(updated.abs(), self.pst_A[adapter], self.pst_B[adapter])
+                .add_(self.pst_R[adapter][:, None]).add_(self.pst_C[adapter]))
 
     def mask(self, adapter: str, score: torch.Tensor) -> torch.Tensor:
         """The binary mask for the current sparsity level. N:M: unstructured while the level ramps up, the N:M
@@ -84,12 +86,38 @@ class PSTLayer(BaseTunerLayer):
 
     def sparse_weight(self, adapter: str) -> torch.Tensor:
         """``W' * M`` with M's straight-through gradient; ``[out, in]``."""
-        updated = self.updated_weight(adapter)
-        score = self.importance(adapter, updated)
-        return updated * straight_through(score, self.mask(adapter, score.detach()))
+        params = [getattr(self, name)[adapter] for name in self.adapter_layer_names]
+        return _SparseWeight.apply(self, adapter, *params)
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         return self.sparse_weight(adapter) - self.get_base_layer().weight
+
+
+class _SparseWeight(torch.autograd.Function):
+    """``W' * M`` from the six factors (``pst_U, pst_V, pst_A, pst_B, pst_R, pst_C``) as one autograd node, the
+    layer's own methods doing the forward arithmetic; backward by hand, with M's straight-through gradient:
+
+        g_score = g * W'                      (d/d score = d/d M)
+        g_W' = g * M + g_score * sign(W')     (the product, and |W'| inside the score)
+        U, V from g_W'; A, B, R, C from g_score.
+
+    The same ops recorded one by one make ~25 autograd nodes per layer and step, and PST's step at a few thousand
+    tokens is bound by the host's per-op work."""
+
+    @staticmethod
+    def forward(ctx, layer, adapter, u, v, a, b, r, c):
+        updated = layer.updated_weight(adapter)
+        mask = layer.mask(adapter, layer.importance(adapter, updated))
+        ctx.save_for_backward(updated, mask, u, v, a, b)
+        return updated * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        updated, mask, u, v, a, b = ctx.saved_tensors
+        grad_score = grad * updated
+        grad_updated = torch.addcmul(grad * mask, grad_score, updated.sign())
+        return (None, None, grad_updated @ v.t(), u.t() @ grad_updated, grad_score @ b.t(), a.t() @ grad_score,
+                grad_score.sum(1), grad_score.sum(0))
 
 
 class PSTLinear(nn.Module, PSTLayer):

@@ -1,6 +1,6 @@
 """PST's masks from an importance matrix ``[out, in]``: keep the highest entries (unstructured), the top ``n`` of
-every ``m`` consecutive inputs (N:M), or the highest-scoring whole groups of inputs (GQSA). Forward: the binary
-mask; backward: the gradient passes straight through to the importance (the straight-through estimator)."""
+every ``m`` consecutive inputs (N:M), or the highest-scoring whole groups of inputs (GQSA). The masked weight
+passes its gradient straight through the mask to the importance (the straight-through estimator)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ def unstructured_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     mask = torch.ones_like(score, dtype=torch.bool)
     if drop:
         # unsorted: the dropped set is all that matters, and sorting half of a weight matrix every step is slow
-        mask.view(-1)[torch.topk(score.reshape(-1), drop, largest=False, sorted=False).indices] = False
+        dropped = torch.topk(score.reshape(-1), drop, largest=False, sorted=False).indices
+        mask.view(-1).index_fill_(0, dropped, False)
     return mask
 
 
@@ -33,19 +34,29 @@ def group_mask(score: torch.Tensor, sparsity: float, group_size: int) -> torch.T
     return unstructured_mask(groups, sparsity).repeat_interleave(group_size, dim=1)
 
 
-class _StraightThrough(torch.autograd.Function):
+class _MaskedStraightThrough(torch.autograd.Function):
+    """``updated * mask`` whose mask passes its gradient straight through to ``score``: d/d updated = grad * mask,
+    d/d score = grad * updated. One autograd node instead of a cast, a product and a straight-through node per
+    layer and step (PST's step at a few thousand tokens is bound by the host's per-op work); it also saves the
+    mask as bools rather than as floats."""
+
     @staticmethod
-    def forward(ctx, score: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return mask.to(score.dtype)
+    def forward(ctx, updated: torch.Tensor, score: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(updated, mask)
+        return updated * mask
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad, None
+        updated, mask = ctx.saved_tensors
+        grad_updated = grad * mask if ctx.needs_input_grad[0] else None
+        grad_score = grad * updated if ctx.needs_input_grad[1] else None
+        return grad_updated, grad_score, None
 
 
-def straight_through(score: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``mask`` as floats in the forward pass, ``d/d score = d/d mask`` in the backward pass."""
-    return _StraightThrough.apply(score, mask)
+def masked_straight_through(updated: torch.Tensor, score: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``updated * mask`` (``mask`` boolean, same shape) with the straight-through estimator for ``score``:
+    forward the masked weight, backward ``d/d score = d/d mask = grad * updated``."""
+    return _MaskedStraightThrough.apply(updated, score, mask)
 
 
 def cubic_sparsity(step: int, final: float, start: int, end: int, initial: float = 0.0) -> float:

@@ -11,9 +11,11 @@ GQSA W4S50 and with N:M 2:4 + int4 (g64 and g32), served by ``vllm.LLM`` (torch.
   cannot split at TP=N (scale groups across ranks) is reported as skipped, with the reason.
 
 Each engine runs in its own process (vLLM's TP workers are processes too). Writes ``gpu_check.json`` with every token
-list and a verdict per checkpoint into ``--out``, and exits non-zero on a mismatch.
+list and a verdict per checkpoint into ``--out`` (after each checkpoint, so a run cut short keeps what it finished),
+and exits non-zero on a mismatch.
 
     python scripts/vllm_gpu_check.py --out OUT [--tp 2] [--tokens 32]     # GPU machine with vLLM
+    python scripts/vllm_gpu_check.py --out OUT --tp 2 --skip-transformers --only nm_2of4_int4g32   # one TP=2 check
     python scripts/vllm_gpu_check.py --out OUT --tokens 4                 # smoke test of the script (CPU vLLM)
 """
 
@@ -34,10 +36,13 @@ PROMPTS = [
     "Nobody in the house could explain why",
 ]
 
+CHECKPOINTS = ("gqsa_w4s50g16", "nm_2of4_int4g64", "nm_2of4_int4g32")
 
-def compress(out: Path, calibration: str) -> dict[str, Path]:
+
+def compress(out: Path, calibration: str, names: list[str] | None = None) -> dict[str, Path]:
     """The checkpoints (cached under ``out``): GQSA W4S50 g16 (calibrated), N:M 2:4 int4 g64 and g32 (SparseGPT +
-    GPTQ); small calibration budgets, as in the demo; ``calibration`` names a text (``sparseflow.texts``). g32 is
+    GPTQ); small calibration budgets, as in the demo; ``calibration`` names a text (``sparseflow.texts``); ``names``:
+    only these (default: all). g32 is
     there for tensor parallelism: the reference model's o_proj has 384 inputs, 192 per rank at TP=2, and a g64
     scale group of 2:4 values spans 128 inputs, which 192 does not hold a whole number of (vLLM refuses it)."""
     from sparseflow.compress import compress_gqsa, compress_nm
@@ -47,14 +52,13 @@ def compress(out: Path, calibration: str) -> dict[str, Path]:
     from sparseflow.reference import resolve_model
 
     model = resolve_model("reference")
-    paths = {"gqsa_w4s50g16": out / "gqsa_w4s50g16", "nm_2of4_int4g64": out / "nm_2of4_int4g64",
-             "nm_2of4_int4g32": out / "nm_2of4_int4g32"}
-    if not (paths["gqsa_w4s50g16"] / "config.json").exists():
+    paths = {name: out / name for name in CHECKPOINTS if not names or name in names}
+    if "gqsa_w4s50g16" in paths and not (paths["gqsa_w4s50g16"] / "config.json").exists():
         compress_gqsa(model, paths["gqsa_w4s50g16"], recipe=GQSARecipe(bits=4, group_size=16, sparsity=0.5,
                                                                        **DEMO_CALIBRATION), calibration=calibration)
     for group in (64, 32):
-        path = paths[f"nm_2of4_int4g{group}"]
-        if not (path / "config.json").exists():
+        path = paths.get(f"nm_2of4_int4g{group}")
+        if path is not None and not (path / "config.json").exists():
             recipe = NMRecipe(n=2, m=4, prune="sparsegpt", value_format="int4", group_size=group, quantizer="gptq",
                               samples=DEMO_CALIBRATION["samples"], seq_len=DEMO_CALIBRATION["seq_len"],
                               batch_size=DEMO_CALIBRATION["batch_size"])
@@ -192,26 +196,36 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--tol", type=float, default=0.125, help="logit gap counted as a bf16 near tie")
     p.add_argument("--calibration", default="builtin-calibration", help="text name or file (sparseflow.texts)")
+    p.add_argument("--only", default="", help="comma-separated checkpoint names to check (default: all)")
+    p.add_argument("--skip-transformers", action="store_true",
+                   help="with --tp: only compare TP=N with TP=1 (the transformers comparison done in a TP=1 run)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     from transformers import AutoTokenizer
 
-    report = {"tp": args.tp, "tokens": args.tokens, "tol": args.tol, "prompts": PROMPTS, "checkpoints": {}}
+    if args.skip_transformers and args.tp == 1:
+        p.error("--skip-transformers leaves nothing to check at TP=1")
+    report = {"tp": args.tp, "tokens": args.tokens, "tol": args.tol, "prompts": PROMPTS, "checkpoints": {},
+              "environment": _environment()}
     ok = True
-    paths = compress(args.out, args.calibration)
-    for name, path in paths.items():
-        tok = AutoTokenizer.from_pretrained(str(path))
-        prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    only = [n for n in args.only.split(",") if n]
+    unknown = sorted(set(only) - set(CHECKPOINTS))
+    if unknown:
+        p.error(f"--only: no checkpoint {unknown}; there are {list(CHECKPOINTS)}")
+    for name, path in compress(args.out, args.calibration, only).items():
         base = run_engine(path, 1, args.tokens, args.out)
-        hf = transformers_dequantized(path, prompts, args.tokens)
-        verdicts = compare_with_tolerance(base["greedy"], hf, args.tol)
-        vs_hf = all(v["equal"] or v["near_tie"] for v in verdicts)
-        entry = {"vllm_tp1": base["greedy"], "transformers_dequantized": hf["greedy"], "vs_transformers": verdicts,
-                 "vs_transformers_ok": vs_hf}
-        print(f"{name}: vLLM vs transformers (dequantized): "
-              f"{sum(v['equal'] for v in verdicts)}/{len(verdicts)} prompts equal, "
-              f"{'OK' if vs_hf else 'MISMATCH'}", flush=True)
-        ok &= vs_hf
+        entry = {"vllm_tp1": base["greedy"]}
+        if not args.skip_transformers:
+            tok = AutoTokenizer.from_pretrained(str(path))
+            hf = transformers_dequantized(path, [tok(p)["input_ids"] for p in PROMPTS], args.tokens)
+            verdicts = compare_with_tolerance(base["greedy"], hf, args.tol)
+            vs_hf = all(v["equal"] or v["near_tie"] for v in verdicts)
+            entry.update({"transformers_dequantized": hf["greedy"], "vs_transformers": verdicts,
+                          "vs_transformers_ok": vs_hf})
+            print(f"{name}: vLLM vs transformers (dequantized): "
+                  f"{sum(v['equal'] for v in verdicts)}/{len(verdicts)} prompts equal, "
+                  f"{'OK' if vs_hf else 'MISMATCH'}", flush=True)
+            ok &= vs_hf
         if args.tp != 1:
             blocker = tp_blocker(path, args.tp)
             if blocker:
@@ -221,14 +235,36 @@ def main() -> int:
                 entry.update(_tp_entry(path, base, args))
                 ok &= entry["tp_ok"]
         report["checkpoints"][name] = entry
-    if args.tp != 1:
+        _write(args.out, report)  # after every checkpoint: a run cut short keeps what it finished
+    if args.tp != 1 and not only:
         # control: the dense reference model under the same rule (TP changes the bf16 summation order)
         from sparseflow.reference import reference_model_dir
 
         dense = Path(reference_model_dir())
         report["dense_control"] = _tp_entry(dense, run_engine(dense, 1, args.tokens, args.out), args)
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+    _write(args.out, report)
     return 0 if ok else 1
+
+
+def _write(out: Path, report: dict) -> None:
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+
+
+def _environment() -> dict:
+    import datetime
+
+    import torch
+
+    env = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+           "torch": torch.__version__, "commit": os.environ.get("SPARSEFLOW_COMMIT", "unknown"),
+           "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        import vllm
+
+        env["vllm"] = vllm.__version__
+    except ImportError:
+        pass
+    return env
 
 
 if __name__ == "__main__":

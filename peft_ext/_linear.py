@@ -37,8 +37,8 @@ def holds(layer: BaseTunerLayer, adapter: str) -> bool:
 
 class AdditiveLinear(nn.Module):
     """Merge, unmerge and forward of a layer whose adapter adds ``get_delta_weight(adapter)`` to W; subclasses
-    (also ``BaseTunerLayer``s) give ``method``, ``get_delta_weight`` and ``adapter_update(adapter, x)``, the update's
-    contribution to the output before scaling into its dtype."""
+    (also ``BaseTunerLayer``s) give ``method``, ``get_delta_weight``, ``adapter_update(adapter, x)`` (the update's
+    contribution to the output, unscaled, in the adapter's dtype) and ``adapter_scale(adapter)``."""
 
     method = ""
 
@@ -73,7 +73,9 @@ class AdditiveLinear(nn.Module):
             return result
         for adapter in self.active_adapters:
             if holds(self, adapter):
-                result = result + self.adapter_update(adapter, x).to(result.dtype)
+                # one in-place op scales, casts and adds: the base output is fresh and its backward does not need
+                # it, and a step at a few thousand tokens is bound by the host's per-op work
+                result = result.add_(self.adapter_update(adapter, x), alpha=self.adapter_scale(adapter))
         return result
 
 

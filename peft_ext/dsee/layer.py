@@ -93,7 +93,10 @@ class DSEELinear(AdditiveLinear, DSEELayer):
         xa = x.to(a.dtype)
         update = sparse_linear(xa, self.dsee_indices[adapter], values, self.out_features, self.in_features,
                                out=F.linear(F.linear(xa, a), b), rows_cols=self.support_rows_cols(adapter))
-        return self.dsee_scale[adapter] * update
+        return update
+
+    def adapter_scale(self, adapter: str) -> float:
+        return self.dsee_scale[adapter]
 
     def support_rows_cols(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Omega's rows and columns, ``[nnz]`` each, kept between steps (two fewer launches per layer and step)."""

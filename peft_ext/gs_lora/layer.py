@@ -57,7 +57,10 @@ class GSLoRALinear(AdditiveLinear, GSLoRALayer):
 
     def adapter_update(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
         a, b = self.gs_lora_A[adapter], self.gs_lora_B[adapter]
-        return self.gs_lora_scale[adapter] * ((x.to(a.dtype) @ a.t()) @ b.t())
+        return (x.to(a.dtype) @ a.t()) @ b.t()
+
+    def adapter_scale(self, adapter: str) -> float:
+        return self.gs_lora_scale[adapter]
 
     def __repr__(self) -> str:
         return "gs_lora." + super().__repr__()

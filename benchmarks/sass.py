@@ -131,9 +131,9 @@ def _gqsa_tile(args):
     sig = dict(x_ptr="*" + args.x, words_ptr="*i32", scale_ptr="*fp16", zero_ptr="*fp16", mask_ptr="*i32",
                prefix_ptr="*i32", ws_ptr="*fp32", M="i32", N="i32", K="i32", stride_xm="i32", WORDS="i32",
                STEPS_PER_SPLIT="i32", G="constexpr", BITS="constexpr", GPS="constexpr", DOT_IEEE="constexpr",
-               FAST="constexpr", DECODE_ASM="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr")
+               FAST="constexpr", DECODE_ASM="constexpr", POPC="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr")
     const = dict(G=16, BITS=4, GPS=8, DOT_IEEE=args.x == "fp32", FAST=fast,
-                 DECODE_ASM=tm.decode_asm(fast), BLOCK_M=args.block_m, BLOCK_N=64)
+                 DECODE_ASM=tm.decode_asm(fast), POPC=args.popc, BLOCK_M=args.block_m, BLOCK_N=64)
     div = ["x_ptr", "words_ptr", "scale_ptr", "zero_ptr", "mask_ptr", "prefix_ptr", "ws_ptr", "K", "stride_xm"]
     return compile_sass(tm._gqsa_tile_matmul_kernel, sig, const, div, num_warps=args.warps)
 
@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warps", type=int, default=4)
     p.add_argument("--blocks", type=int, default=1, help="nm24sp_packed: 8-row x blocks per program (MB)")
     p.add_argument("--block-m", type=int, default=32, help="gqsa_tile: rows of x per program")
+    p.add_argument("--popc", action=argparse.BooleanOptionalAction, default=True,
+                   help="gqsa_tile: count bitmap bits with POPC (as on the GPU) or with plain integer ops")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
                    help="gqsa_tile: the inline-PTX 4-bit decode (bf16/fp16 x)")
     args = p.parse_args(argv)

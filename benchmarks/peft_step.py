@@ -78,15 +78,30 @@ def measure_step(name: str, config, shape: dict, batch: int, seq: int, steps: in
     if os.environ.get("SPARSEFLOW_PROFILE"):  # where a method's extra time goes: its top ops over one more step
         with torch.profiler.profile() as prof:
             step_once()
-        key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
-        profile = prof.key_averages().table(sort_by=key, row_limit=12)
-        print(f"--- {name}: top ops of one step ---\n{profile}", flush=True)
+        profile = profile_summary(prof, device)
+        print(f"--- {name}: one step ---\n{profile}", flush=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     model = opt = None  # freed before the next method is built
     if device == "cuda":
         torch.cuda.empty_cache()
     return {"ms": statistics.median(times), "peak_bytes": peak, "trainable": trainable, "profile": profile,
             "host_syncs": syncs}
+
+
+def profile_summary(prof, device: str) -> str:
+    """The device's busy time and the number of kernels in one step, then the top ops by device time and by host
+    time: a step whose wall time is well above its device time is bound by the host's per-op work."""
+    events = prof.key_averages()
+    lines = []
+    if device == "cuda":
+        from torch.autograd import DeviceType
+
+        busy_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
+        kernels = sum(1 for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA)
+        lines.append(f"device busy {busy_us / 1e3:.1f} ms, {kernels} kernels")
+        lines.append(events.table(sort_by="self_cuda_time_total", row_limit=10))
+    lines.append(events.table(sort_by="self_cpu_time_total", row_limit=10))
+    return "\n".join(x for x in lines if x)
 
 
 def count_host_syncs(step) -> int:

@@ -118,9 +118,9 @@ def _nm24sp_packed(args):
                y_ptr="*bf16", ws_ptr="*fp32", N="i32", K="i32", M="i32", stride_xm="i32",
                stride_ym="i32", one="i32", STEPS_PER_SPLIT="i32", GROUP="constexpr", MB="constexpr",
                SPLIT="constexpr", HAS_BIAS="constexpr", ASM="constexpr", CONSTRAINTS="constexpr",
-               num_warps_="constexpr")
+               num_warps_="constexpr", PERM_X="constexpr")
     const = dict(GROUP=128, MB=args.blocks, SPLIT=True, HAS_BIAS=False, ASM=sm._MMA_SP_INT4,
-                 CONSTRAINTS=sm._CONSTRAINTS, num_warps_=args.warps)
+                 CONSTRAINTS=sm._CONSTRAINTS, num_warps_=args.warps, PERM_X=args.perm_x)
     div = ["x_ptr", "codes_ptr", "meta_ptr", "scales_ptr", "y_ptr", "ws_ptr", "K", "stride_xm", "stride_ym"]
     return compile_sass(sm._nm24_sp_packed_kernel, sig, const, div, num_warps=args.warps)
 
@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warps", type=int, default=4)
     p.add_argument("--blocks", type=int, default=1, help="nm24sp_packed: 8-row x blocks per program (MB)")
     p.add_argument("--block-m", type=int, default=32, help="gqsa_tile: rows of x per program")
+    p.add_argument("--perm-x", action=argparse.BooleanOptionalAction, default=False,
+                   help="nm24sp_packed: x in permute_x_for_sparse_mma order (one 16-byte load per lane and block)")
     p.add_argument("--popc", action=argparse.BooleanOptionalAction, default=True,
                    help="gqsa_tile: count bitmap bits with POPC (as on the GPU) or with plain integer ops")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,

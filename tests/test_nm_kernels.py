@@ -158,6 +158,20 @@ def test_int4_packing_puts_each_lanes_bytes_where_the_kernel_reads_them():
         pack_int4_for_sparse_mma(_weight(16, 256, 2, 4, "bf16", 0).to("cpu"))
 
 
+def test_x_permutation_puts_each_lanes_b_pairs_in_one_16_byte_load():
+    """permute_x_for_sparse_mma, checked against the B-fragment rule on CPU: lane t of chunk c needs the x pairs
+    (as 32-bit words of the row) c*16 + t + 4j, j = 0..3, and reads words c*16 + 4t .. c*16 + 4t + 3 of the copy."""
+    from sparseflow.kernels.nm.sparse_mma import permute_x_for_sparse_mma
+
+    x = torch.randn(3, 128, dtype=torch.bfloat16)
+    natural, permuted = x.view(torch.int32), permute_x_for_sparse_mma(x).view(torch.int32)
+    assert permute_x_for_sparse_mma(x).is_contiguous()
+    for c in range(4):
+        for t in range(4):
+            want = [natural[:, c * 16 + t + 4 * j] for j in range(4)]
+            assert torch.equal(permuted[:, c * 16 + 4 * t: c * 16 + 4 * t + 4], torch.stack(want, 1)), (c, t)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="inline PTX (mma.sp) runs on the GPU only, not in the interpreter")
 @pytest.mark.parametrize("group", [64, 128])
 def test_packed_sparse_tensor_core_gemv_matches_reference(group):
@@ -171,12 +185,13 @@ def test_packed_sparse_tensor_core_gemv_matches_reference(group):
     for batch in (1, 3, 8, 11, 24, 32, 40):
         x = torch.randn(batch, 512, device=DEVICE, dtype=torch.bfloat16)
         want = nm_linear_reference(x.float(), w, bias.float())
-        for warps_total in (64, 8192):  # one program along K, and K split with the reduction done in-kernel
+        for warps_total, permute in ((64, False), (8192, False), (64, True), (8192, True)):
+            # one program along K, and K split with the reduction done in-kernel; x as it is and permuted
             for call in range(2):  # the second call finds the split-K scratch zeroed again by the first
-                y = nm24_sp_packed_gemv(x, w, packed, bias, warps_total=warps_total)
+                y = nm24_sp_packed_gemv(x, w, packed, bias, warps_total=warps_total, permute_x=permute)
                 assert y.dtype == torch.bfloat16 and y.shape == (batch, 70)
-                assert_close(y.float(), want, torch.bfloat16,
-                             name=f"packed mma.sp g{group} M={batch} warps_total={warps_total} call {call}")
+                assert_close(y.float(), want, torch.bfloat16, name=f"packed mma.sp g{group} M={batch} "
+                             f"warps_total={warps_total} permuted x {permute} call {call}")
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="the packed sparse-tensor-core path needs a GPU")

@@ -237,10 +237,16 @@ def pack_int4_for_sparse_mma(w: NMWeight) -> dict[str, torch.Tensor]:
 
 
 @triton.jit
-def _x_block_mma(a0, a1, a2, a3, x_pairs, d0, d1, d2, d3, meta, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr):
-    """One ``mma.sp`` of the decoded weight fragment against the 8 x rows at ``x_pairs`` (this lane's pairs)."""
-    return _mma_sp(a0, a1, a2, a3, tl.load(x_pairs), tl.load(x_pairs + 4), tl.load(x_pairs + 8),
-                   tl.load(x_pairs + 12), d0, d1, d2, d3, meta, ASM, CONSTRAINTS)
+def _x_block_mma(a0, a1, a2, a3, x_pairs, d0, d1, d2, d3, meta, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr,
+                 PERM_X: tl.constexpr):
+    """One ``mma.sp`` of the decoded weight fragment against the 8 x rows at ``x_pairs`` (this lane's pairs).
+    ``PERM_X``: x is in ``permute_x_for_sparse_mma`` order, the lane's four pairs one 16-byte load; else four
+    4-byte loads 16 bytes apart."""
+    if PERM_X:
+        b0, b1, b2, b3 = _split4(tl.load(x_pairs[:, None] + tl.arange(0, 4)[None, :]))
+    else:
+        b0, b1, b2, b3 = tl.load(x_pairs), tl.load(x_pairs + 4), tl.load(x_pairs + 8), tl.load(x_pairs + 12)
+    return _mma_sp(a0, a1, a2, a3, b0, b1, b2, b3, d0, d1, d2, d3, meta, ASM, CONSTRAINTS)
 
 
 @triton.jit
@@ -278,7 +284,7 @@ def _nm24_sp_packed_kernel(
     x_ptr, codes_ptr, meta_ptr, scales_ptr, bias_ptr, y_ptr, ws_ptr,
     N, K, M, stride_xm, stride_ym, one, STEPS_PER_SPLIT,
     GROUP: tl.constexpr, MB: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr,
-    CONSTRAINTS: tl.constexpr, num_warps_: tl.constexpr,
+    CONSTRAINTS: tl.constexpr, num_warps_: tl.constexpr, PERM_X: tl.constexpr,
 ):
     """``_nm24_sp_gemv_kernel`` for int4 codes in the packed layout (``pack_int4_for_sparse_mma``): each lane
     reads its codes and metadata for 4 chunks in one 16-byte load each. B's 8 columns carry 8 rows of x (lane
@@ -286,7 +292,8 @@ def _nm24_sp_packed_kernel(
     one pass over the weight; lane t owns output columns 2t and 2t+1 of every block.
 
     With ``SPLIT``, K is split over ``tl.num_programs(1)`` programs that add their float32 partials into the
-    zeroed workspace ``ws [M, N]`` (``splitk``); without, the program stores y (+ bias) in y's dtype."""
+    zeroed workspace ``ws [M, N]`` (``splitk``); without, the program stores y (+ bias) in y's dtype. ``PERM_X``:
+    x comes in ``permute_x_for_sparse_mma`` order."""
     E: tl.constexpr = 32 * num_warps_
     e = tl.arange(0, E)
     lane = e % 32
@@ -347,22 +354,23 @@ def _nm24_sp_packed_kernel(
         d32 = tl.zeros([E], dtype=tl.float32)
         d33 = tl.zeros([E], dtype=tl.float32)
         for ci in tl.static_range(4):
-            off = (step * 4 + ci) * 16 + t
+            off = (step * 4 + ci) * 16 + (4 * t if PERM_X else t)  # 32-bit words: 16 per 32-input chunk
             word = cws[ci].to(tl.uint32, bitcast=True)
             meta = mws[ci].to(tl.uint32, bitcast=True)
             a0 = _int4_pair(word & 0xFF)
             a1 = _int4_pair((word >> 8) & 0xFF)
             a2 = _int4_pair((word >> 16) & 0xFF)
             a3 = _int4_pair(word >> 24)
-            d00, d01, d02, d03 = _x_block_mma(a0, a1, a2, a3, x0 + off, d00, d01, d02, d03, meta, ASM, CONSTRAINTS)
+            d00, d01, d02, d03 = _x_block_mma(a0, a1, a2, a3, x0 + off, d00, d01, d02, d03, meta, ASM, CONSTRAINTS,
+                                              PERM_X)
             if MB > 1:
                 d10, d11, d12, d13 = _x_block_mma(a0, a1, a2, a3, x1 + off, d10, d11, d12, d13, meta, ASM,
-                                                  CONSTRAINTS)
+                                                  CONSTRAINTS, PERM_X)
             if MB > 2:
                 d20, d21, d22, d23 = _x_block_mma(a0, a1, a2, a3, x2 + off, d20, d21, d22, d23, meta, ASM,
-                                                  CONSTRAINTS)
+                                                  CONSTRAINTS, PERM_X)
                 d30, d31, d32, d33 = _x_block_mma(a0, a1, a2, a3, x3 + off, d30, d31, d32, d33, meta, ASM,
-                                                  CONSTRAINTS)
+                                                  CONSTRAINTS, PERM_X)
         # one scale per step (a step is 64 kept values, GROUP a multiple of 64): splits need not align to groups
         grp = step * 64 // GROUP
         s_lo = tl.load(scales_ptr + r_lo * scale_cols + grp).to(tl.float32)
@@ -406,19 +414,38 @@ def _nm24_sp_packed_kernel(
 # hide HBM latency: ncu at 8192 saw 1.5 eligible of 9 active warps per scheduler, waiting on loads); 4096x14336
 # 0.0127 / 0.0130 / 0.0152 (more splits, more partial traffic)
 PACKED_WARPS_TOTAL = 16384
+# rows of x from which the packed GEMV reads x through a permuted copy (nm24_sp_packed_gemv); a prediction from
+# the kernel log (NOTES item 22), not yet timed on the GPU
+PERMUTE_X_MIN_M = 9
+
+
+def permute_x_for_sparse_mma(x: torch.Tensor) -> torch.Tensor:
+    """``x [M, K]`` (K % 32 == 0) with every 32-input chunk reordered so that the four B pairs of ``mma.sp`` lane t
+    (inputs 2t, 2t+1 + 8j, j = 0..3) are 16 contiguous bytes: position 8t + 2j + i holds input 8j + 2t + i. A new
+    contiguous ``[M, K]`` tensor (one copy kernel)."""
+    m, k = x.shape
+    return x.reshape(m, k // 32, 4, 4, 2).transpose(2, 3).reshape(m, k)
 
 
 def nm24_sp_packed_gemv(x: torch.Tensor, w: NMWeight, packed: dict[str, torch.Tensor],
                         bias: torch.Tensor | None = None, num_warps: int = 4,
-                        warps_total: int = PACKED_WARPS_TOTAL) -> torch.Tensor:
+                        warps_total: int = PACKED_WARPS_TOTAL, permute_x: bool | None = None) -> torch.Tensor:
     """``x [M, K] @ W.T (+ bias) -> [M, N]`` in x's dtype for a 2:4 int4 weight from its packed copy
     (``pack_int4_for_sparse_mma``); one pass over the weight per 32 rows of x, plus ``splitk_finish``
-    when K is split."""
+    when K is split.
+
+    ``permute_x`` (default: past 8 rows, ``PERMUTE_X_MIN_M``): read x through a copy in
+    ``permute_x_for_sparse_mma`` order, one 16-byte load per lane and x block instead of four 4-byte loads that
+    use half of each 32-byte sector they fetch. x traffic grows with the rows of x while the weight's does not,
+    so past one block of 8 rows it is what the kernel waits on; at M <= 8 the copy's extra launch costs more."""
     if x.dtype != torch.bfloat16 or not x.is_cuda:
         raise ValueError(f"the packed sparse-MMA GEMV reads bf16 x on a GPU, got {x.dtype} on {x.device}")
     if x.stride(0) % 2 or x.stride(1) != 1:
         x = x.contiguous()
     m, n = x.shape[0], w.out_features
+    permute_x = m >= PERMUTE_X_MIN_M if permute_x is None else permute_x
+    if permute_x:
+        x = permute_x_for_sparse_mma(x)
     steps = w.in_features // 128
     blocks = min(4, triton.next_power_of_2(triton.cdiv(m, 8)))  # 8-row blocks of x per program
     programs = triton.cdiv(triton.cdiv(n, 16), num_warps)
@@ -432,7 +459,7 @@ def nm24_sp_packed_gemv(x: torch.Tensor, w: NMWeight, packed: dict[str, torch.Te
         y, ws,
         n, w.in_features, m, x.stride(0), y.stride(0), 1, steps_per_split, GROUP=w.group_size, MB=blocks,
         SPLIT=splits > 1, HAS_BIAS=bias is not None, ASM=_MMA_SP_INT4, CONSTRAINTS=_CONSTRAINTS,
-        num_warps_=num_warps, num_warps=num_warps,
+        num_warps_=num_warps, PERM_X=permute_x, num_warps=num_warps,
     )
     return splitk_finish(ws, y, bias) if splits > 1 else y
 

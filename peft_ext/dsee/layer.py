@@ -25,9 +25,10 @@ def sparse_linear(x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, 
     time and memory beyond ``out`` (default zeros). ``rows_cols``: ``indices``' rows and columns, when the caller
     keeps them (``DSEELinear`` does, so a step does not recompute them).
 
-    Three plain ops, so autograd's C++ engine runs the backward: the out-of-place ``index_add`` passes the output
-    gradient through untouched (an in-place add into a reshaped view made autograd clone it several times per
-    layer), and a Python ``autograd.Function`` here cost more host time per layer than the ops it ran."""
+    Three plain ops, so autograd's C++ engine runs the backward (a Python ``autograd.Function`` here cost more host
+    time per layer than the ops it ran). ``out`` must be a fresh tensor, not a view, whose producer's backward does
+    not need it (``F.linear``'s output): the add goes into it in place and its gradient passes through untouched
+    (an in-place add into a reshaped view made autograd clone the gradient several times per layer)."""
     rows, cols = rows_cols if rows_cols is not None else (indices // in_features, indices % in_features)
     if out is None:
         out = x.new_zeros(*x.shape[:-1], out_features)

@@ -6,6 +6,12 @@ get the 16-divisibility hint the runtime specialisation would give them.
 
     python -m benchmarks.sass gqsa_task [--dump]      (or nm24, nm24sp, nm24sp_packed, gqsa_tile, splitk_finish;
                                                        --help for options)
+
+The GPU machine runs an older Triton (3.6) than this venv may: a kernel that compiles here can fail there, and
+counts differ. To compile with the device's version, install it aside and put it first on the path:
+
+    pip install --no-deps --target /tmp/tri36 triton==3.6.0
+    PYTHONPATH=/tmp/tri36 python -m sparseflow.benchmarks.sass gqsa_tile
 """
 
 from __future__ import annotations

@@ -76,6 +76,11 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: bool) -> list[Row]:
                            [lambda x=x, p=p, b=b: gtile.gqsa_tile_matmul(x, p, bitmap=b)
                             for (p, _), b in zip(gpool, bitmaps, strict=True)], floor, flops))
         gtile.FAST_DECODE = fast
+        popc, gtile.POPC_LOOKUP = gtile.POPC_LOOKUP, False  # the bitmap's bits counted with integer ops
+        rows.append(_timed(case, "gqsa w4s50 tile, plain bit count",
+                           [lambda x=x, p=p, b=b: gtile.gqsa_tile_matmul(x, p, bitmap=b)
+                            for (p, _), b in zip(gpool, bitmaps, strict=True)], floor, flops))
+        gtile.POPC_LOOKUP = popc
         rows.append(_timed(case, "gqsa w4s50 deq+mm", [lambda x=x, p=p: F.linear(x, gqsa_dequantize(p, x.dtype))
                                                        for p, _ in gpool[:4]], floor, flops))
         for label, cfg in _configs(default) if sweep else []:
@@ -89,9 +94,12 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: bool) -> list[Row]:
         default = ntile.tile_matmul_config(m, n, k, 4)
         rows.append(_timed(case, "nm 2:4 int4 tile", [lambda x=x, p=p: ntile.nm_tile_matmul(x, p) for p, _ in npool],
                            floor, flops, note=f"err {err:.1e}", extra={"config": default}))
-        if m <= 32 and npool[0][1]:
-            rows.append(_timed(case, f"nm 2:4 int4 packed sparse-MMA (<= {PACKED_MAX_M} rows)",
-                               [lambda x=x, p=p, t=t: nm24_sp_packed_gemv(x, p, t) for p, t in npool], floor, flops))
+        if m <= PACKED_MAX_M and npool[0][1]:
+            for permute in (False, True):  # x as stored, and through the per-call permuted copy
+                err = rel_error(nm24_sp_packed_gemv(x, nw, npool[0][1], permute_x=permute), nm_linear_reference(x, nw))
+                rows.append(_timed(case, f"nm 2:4 int4 packed sparse-MMA, x {'permuted' if permute else 'as stored'}",
+                                   [lambda x=x, p=p, t=t, q=permute: nm24_sp_packed_gemv(x, p, t, permute_x=q)
+                                    for p, t in npool], floor, flops, note=f"err {err:.1e}"))
         rows.append(_timed(case, "nm 2:4 int4 expand+mm", [lambda x=x, p=p: F.linear(x, nm_expand(p, x.dtype))
                                                            for p, _ in npool[:4]], floor, flops))
         for label, cfg in _configs(default) if sweep and SWEEP_NM else []:

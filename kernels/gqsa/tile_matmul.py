@@ -205,6 +205,9 @@ def _gqsa_tile_matmul_kernel(
 
 # The fast decode's inline PTX runs on the GPU only (the Triton interpreter cannot run it); off: the plain decode.
 FAST_DECODE = os.environ.get("SPARSEFLOW_TILE_FAST_DECODE", "1") != "0"
+# The bitmap lookup's bit count with the hardware POPC on the GPU (the interpreter has no libdevice); off: plain
+# integer ops, for comparison (tile_matmul benchmark)
+POPC_LOOKUP = os.environ.get("SPARSEFLOW_TILE_POPC", "1") != "0"
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # read once: fast_decode runs on every call
 
 
@@ -248,6 +251,6 @@ def gqsa_tile_matmul(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None =
         _gqsa_tile_matmul_kernel[grid](
             x, w.codes.view(torch.int32), w.scale, w.zero, mask, prefix, ws, m, n, k, x.stride(0), words, per_split,
             G=w.group_size, BITS=w.bits, GPS=gps, DOT_IEEE=x.dtype == torch.float32, FAST=fast,
-            DECODE_ASM=decode_asm(fast), POPC=x.is_cuda and not _INTERPRETED, **cfg,
+            DECODE_ASM=decode_asm(fast), POPC=POPC_LOOKUP and x.is_cuda and not _INTERPRETED, **cfg,
         )
     return splitk_finish(ws, torch.empty(m, n, dtype=x.dtype, device=x.device), bias)

@@ -29,12 +29,24 @@ def groups(model: torch.nn.Module, adapter: str = "default") -> dict[str, list[t
     return dict(out)
 
 
+_GROUP_INDEX: dict[tuple, torch.Tensor] = {}
+
+
+def _group_index(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Group index of each parameter, ``[sum(sizes)]``, for groups of ``sizes`` parameters in order; kept per
+    layout and device, since building it from a Python list is a host-to-device copy (a device sync) every step."""
+    key = (sizes, device)
+    if key not in _GROUP_INDEX:
+        _GROUP_INDEX[key] = torch.tensor([g for g, size in enumerate(sizes) for _ in range(size)], device=device)
+    return _GROUP_INDEX[key]
+
+
 @torch.no_grad()
 def _batched_norms(members: dict[str, list[torch.nn.Parameter]]):
     """``(params, group index of each, group norms [G] float64)`` with two batched launches (``_foreach_norm`` and
     one ``index_add_``) whatever the number of parameters."""
     params = [p for ps in members.values() for p in ps]
-    which = torch.tensor([g for g, ps in enumerate(members.values()) for _ in ps], device=params[0].device)
+    which = _group_index(tuple(len(ps) for ps in members.values()), params[0].device)
     squares = torch.stack(torch._foreach_norm(params)).double().pow(2)
     norms = torch.zeros(len(members), dtype=torch.float64, device=squares.device).index_add_(0, which, squares)
     return params, which, norms.sqrt()
@@ -47,32 +59,42 @@ def group_norms(model: torch.nn.Module, adapter: str = "default") -> dict[str, f
 
 
 @torch.no_grad()
-def group_soft_threshold(model: torch.nn.Module, threshold: float, adapter: str = "default") -> int:
+def group_soft_threshold(model: torch.nn.Module, threshold: float, adapter: str = "default") -> torch.Tensor:
     """The group lasso's proximal step: every group scaled by ``max(0, 1 - threshold / ||group||)``. Returns the
-    number of groups that are exactly zero afterwards (one device sync; every norm and scaling is a batched
-    ``_foreach`` launch, not a few per parameter: this runs after every optimizer step)."""
+    number of groups that are exactly zero afterwards as a 0-d tensor on the model's device: reading it
+    (``int()``) is the only device sync, so a training loop that does not look does not wait. Every norm and
+    scaling is a batched ``_foreach`` launch, not a few per parameter: this runs after every optimizer step."""
     params, which, norms = _batched_norms(groups(model, adapter))
     factors = torch.clamp(1 - threshold / norms.clamp_min(1e-30), min=0.0)
     per_param = factors[which]
-    torch._foreach_mul_(params, [f.to(p.dtype) for f, p in zip(per_param.unbind(), params, strict=True)])
-    return int((factors == 0).sum())
+    dtypes = {p.dtype for p in params}
+    if len(dtypes) == 1:  # one cast for all (a cast per parameter was a kernel launch per parameter and step)
+        scales = per_param.to(dtypes.pop()).unbind()
+    else:
+        scales = [f.to(p.dtype) for f, p in zip(per_param.unbind(), params, strict=True)]
+    torch._foreach_mul_(params, list(scales))
+    return (factors == 0).sum()
 
 
 class GroupSparsityCallback(TrainerCallback):
     """After every optimizer step: the proximal group-lasso step with threshold ``lr * group_lasso * ramp`` (ramp
     rising linearly over the config's ``warmup_steps``). Works with any ``transformers`` trainer, GRPO included.
-    ``zeroed`` holds, per logged step, how many groups were exactly zero."""
+    ``zeroed`` holds, per step, how many groups were exactly zero (read from the GPU only when asked for)."""
 
     def __init__(self, adapter: str = "default") -> None:
         self.adapter = adapter
-        self.zeroed: list[tuple[int, int]] = []
+        self._zeroed: list[tuple[int, torch.Tensor]] = []
+
+    @property
+    def zeroed(self) -> list[tuple[int, int]]:
+        return [(step, int(count)) for step, count in self._zeroed]
 
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         config = model.peft_config[self.adapter]
         ramp = min(1.0, (state.global_step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
         lr = optimizer.param_groups[0]["lr"]
-        self.zeroed.append((state.global_step, group_soft_threshold(model, lr * config.group_lasso * ramp,
-                                                                    self.adapter)))
+        self._zeroed.append((state.global_step, group_soft_threshold(model, lr * config.group_lasso * ramp,
+                                                                     self.adapter)))
         return control
 
 

@@ -181,7 +181,7 @@ def measure(model_dir: str, engine: dict, settings: Settings) -> dict[str, Any]:
     return result
 
 
-def _environment() -> dict[str, Any]:
+def engine_environment() -> dict[str, Any]:
     """Device, versions (vLLM included) and commit of this process: each variant's result carries its own, so a
     report assembled later from results measured over several calls says where they were measured."""
     from .harness import environment
@@ -199,7 +199,7 @@ def _environment() -> dict[str, Any]:
 def _child(spec_file: str, result_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     out = measure(spec["model_dir"], spec["engine"], Settings(**spec["settings"]))
-    out["environment"] = _environment()
+    out["environment"] = engine_environment()
     Path(result_file).write_text(json.dumps(out))
     sys.stdout.flush()
     os._exit(0)  # vLLM's teardown at interpreter exit can abort after the work is done
@@ -331,7 +331,7 @@ def collect(work: Path, settings: Settings, variants: list[str]) -> dict[str, An
 
 def save(report: dict[str, Any], out_dir: Path) -> Path:
     """``serve-<device>.json`` (with the environment: device, versions, commit) in ``out_dir``."""
-    env = report.pop("environment", None) or _environment()
+    env = report.pop("environment", None) or engine_environment()
     for result in report["variants"].values():
         result.pop("environment", None)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -68,19 +68,17 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: bool) -> list[Row]:
         err = rel_error(gtile.gqsa_tile_matmul(x, gw, bitmap=bitmaps[0]), gqsa_linear_reference(x, gw))
         floor = gw.storage_bytes() + io
         default = tile_config(m, n, k)
-        rows.append(_timed(case, "gqsa w4s50 tile", [lambda x=x, p=p, b=b: gtile.gqsa_tile_matmul(x, p, bitmap=b)
-                                                     for (p, _), b in zip(gpool, bitmaps, strict=True)],
-                           floor, flops, note=f"err {err:.1e}", extra={"config": default}))
-        fast, gtile.FAST_DECODE = gtile.FAST_DECODE, False  # the plain decode: the decode's share of the time
-        rows.append(_timed(case, "gqsa w4s50 tile, plain decode",
-                           [lambda x=x, p=p, b=b: gtile.gqsa_tile_matmul(x, p, bitmap=b)
-                            for (p, _), b in zip(gpool, bitmaps, strict=True)], floor, flops))
-        gtile.FAST_DECODE = fast
-        popc, gtile.POPC_LOOKUP = gtile.POPC_LOOKUP, False  # the bitmap's bits counted with integer ops
-        rows.append(_timed(case, "gqsa w4s50 tile, plain bit count",
-                           [lambda x=x, p=p, b=b: gtile.gqsa_tile_matmul(x, p, bitmap=b)
-                            for (p, _), b in zip(gpool, bitmaps, strict=True)], floor, flops))
-        gtile.POPC_LOOKUP = popc
+        tile_calls = [lambda x=x, p=p, b=b: gtile.gqsa_tile_matmul(x, p, bitmap=b)
+                      for (p, _), b in zip(gpool, bitmaps, strict=True)]
+        rows.append(_timed(case, "gqsa w4s50 tile", tile_calls, floor, flops, note=f"err {err:.1e}",
+                           extra={"config": default}))
+        # the same calls with one of the kernel's module switches off (read at each call): the plain decode, the
+        # decode's share of the time; the bitmap's bits counted with integer ops instead of POPC
+        for switch, label in (("FAST_DECODE", "plain decode"), ("POPC_LOOKUP", "plain bit count")):
+            saved = getattr(gtile, switch)
+            setattr(gtile, switch, False)
+            rows.append(_timed(case, f"gqsa w4s50 tile, {label}", tile_calls, floor, flops))
+            setattr(gtile, switch, saved)
         rows.append(_timed(case, "gqsa w4s50 deq+mm", [lambda x=x, p=p: F.linear(x, gqsa_dequantize(p, x.dtype))
                                                        for p, _ in gpool[:4]], floor, flops))
         for label, cfg in _configs(default) if sweep else []:

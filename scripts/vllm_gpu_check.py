@@ -201,12 +201,13 @@ def main() -> int:
                    help="with --tp: only compare TP=N with TP=1 (the transformers comparison done in a TP=1 run)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    from sparseflow.benchmarks.serve import engine_environment
     from transformers import AutoTokenizer
 
     if args.skip_transformers and args.tp == 1:
         p.error("--skip-transformers leaves nothing to check at TP=1")
     report = {"tp": args.tp, "tokens": args.tokens, "tol": args.tol, "prompts": PROMPTS, "checkpoints": {},
-              "environment": _environment()}
+              "environment": engine_environment()}
     ok = True
     only = [n for n in args.only.split(",") if n]
     unknown = sorted(set(only) - set(CHECKPOINTS))
@@ -248,23 +249,6 @@ def main() -> int:
 
 def _write(out: Path, report: dict) -> None:
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
-
-
-def _environment() -> dict:
-    import datetime
-
-    import torch
-
-    env = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-           "torch": torch.__version__, "commit": os.environ.get("SPARSEFLOW_COMMIT", "unknown"),
-           "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    try:
-        import vllm
-
-        env["vllm"] = vllm.__version__
-    except ImportError:
-        pass
-    return env
 
 
 if __name__ == "__main__":

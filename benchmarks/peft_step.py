@@ -96,8 +96,11 @@ def profile_summary(prof, device: str) -> str:
     if device == "cuda":
         from torch.autograd import DeviceType
 
-        busy_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
-        kernels = sum(1 for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA)
+        # the kernels' own durations: key_averages() lists an op and the kernels it launched both with self device
+        # time, so summing it counted most of the step twice (111 ms "busy" for LoRA's 52 ms of kernels)
+        kernels = [e for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA]
+        busy_us = sum(e.time_range.elapsed_us() for e in kernels)
+        kernels = len(kernels)
         lines.append(f"device busy {busy_us / 1e3:.1f} ms, {kernels} kernels")
         lines.append(events.table(sort_by="self_cuda_time_total", row_limit=10))
     lines.append(events.table(sort_by="self_cpu_time_total", row_limit=10))

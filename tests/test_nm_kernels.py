@@ -217,3 +217,14 @@ def test_kernel_tables_are_empty_where_no_kernel_reads_them():
     assert kernel_tables(_weight(16, 256, 2, 4, "int4", 64).to("cpu")) == {}  # off the GPU
     assert kernel_tables(_weight(16, 256, 2, 4, "bf16", 0).to("cpu")) == {}
 
+
+
+def test_permute_x_default_rule():
+    """The packed GEMV's measured rule for reading x through the permuted copy: never at 1-2 rows, from 4 rows on
+    weights of 2^27+ entries, from 8 rows on any weight."""
+    from sparseflow.kernels.nm.sparse_mma import permute_x_by_default
+
+    assert not permute_x_by_default(2, 28672, 8192)
+    assert permute_x_by_default(4, 28672, 8192) and permute_x_by_default(4, 8192, 28672)
+    assert not permute_x_by_default(4, 14336, 4096) and not permute_x_by_default(7, 4096, 4096)
+    assert permute_x_by_default(8, 4096, 4096) and permute_x_by_default(32, 4096, 4096)

@@ -414,9 +414,20 @@ def _nm24_sp_packed_kernel(
 # hide HBM latency: ncu at 8192 saw 1.5 eligible of 9 active warps per scheduler, waiting on loads); 4096x14336
 # 0.0127 / 0.0130 / 0.0152 (more splits, more partial traffic)
 PACKED_WARPS_TOTAL = 16384
-# rows of x from which the packed GEMV reads x through a permuted copy (nm24_sp_packed_gemv); a prediction from
-# the kernel log (NOTES item 22), not yet timed on the GPU
-PERMUTE_X_MIN_M = 9
+# when the packed GEMV reads x through a permuted copy (nm24_sp_packed_gemv): from 8 rows of x, and from 4 rows on
+# weights of at least 2^27 entries. H200 (nm_permute_sweep JSON, ms stored -> permuted): M=1 and 2 the copy's launch
+# loses everywhere (28672x8192 M=1 0.0375 -> 0.0393; 4096x4096 0.0067 -> 0.0088); M=4 it wins on the 235M-entry
+# weights (28672x8192 0.0497 -> 0.0399, 8192x28672 0.0503 -> 0.0404), ties on 14336x4096 and 4096x14336 and loses
+# on 4096x4096 (0.0077 -> 0.0097); M=8 it wins (0.0825 -> 0.0413, 0.0247 -> 0.0166) or ties (4096x4096); M=16 and
+# 32 it wins on every shape (28672x4096 M=32 0.148 -> 0.058)
+PERMUTE_X_MIN_M = 8
+PERMUTE_X_MIN_M_LARGE = 4
+PERMUTE_X_LARGE_WEIGHT = 1 << 27
+
+
+def permute_x_by_default(m: int, n: int, k: int) -> bool:
+    """Whether ``m`` rows of x against an ``[n, k]`` weight go through the permuted copy (measured rule above)."""
+    return m >= PERMUTE_X_MIN_M or (m >= PERMUTE_X_MIN_M_LARGE and n * k >= PERMUTE_X_LARGE_WEIGHT)
 
 
 def permute_x_for_sparse_mma(x: torch.Tensor) -> torch.Tensor:
@@ -434,16 +445,16 @@ def nm24_sp_packed_gemv(x: torch.Tensor, w: NMWeight, packed: dict[str, torch.Te
     (``pack_int4_for_sparse_mma``); one pass over the weight per 32 rows of x, plus ``splitk_finish``
     when K is split.
 
-    ``permute_x`` (default: past 8 rows, ``PERMUTE_X_MIN_M``): read x through a copy in
+    ``permute_x`` (default: ``permute_x_by_default``, from 8 rows or 4 on large weights): read x through a copy in
     ``permute_x_for_sparse_mma`` order, one 16-byte load per lane and x block instead of four 4-byte loads that
     use half of each 32-byte sector they fetch. x traffic grows with the rows of x while the weight's does not,
-    so past one block of 8 rows it is what the kernel waits on; at M <= 8 the copy's extra launch costs more."""
+    so with more rows it is what the kernel waits on; at one or two rows the copy's extra launch costs more."""
     if x.dtype != torch.bfloat16 or not x.is_cuda:
         raise ValueError(f"the packed sparse-MMA GEMV reads bf16 x on a GPU, got {x.dtype} on {x.device}")
     if x.stride(0) % 2 or x.stride(1) != 1:
         x = x.contiguous()
     m, n = x.shape[0], w.out_features
-    permute_x = m >= PERMUTE_X_MIN_M if permute_x is None else permute_x
+    permute_x = permute_x_by_default(m, n, w.in_features) if permute_x is None else permute_x
     if permute_x:
         x = permute_x_for_sparse_mma(x)
     steps = w.in_features // 128

@@ -14,7 +14,7 @@ from helpers import tiny_llama
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from sparseflow.peft_ext import DSEEConfig
-from sparseflow.peft_ext.dsee import DSEELinear, select_support, sparse_linear, support_size
+from sparseflow.peft_ext.dsee import DSEELinear, low_rank_plus_sparse, select_support, sparse_linear, support_size
 from transformers import LlamaForCausalLM
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
@@ -117,6 +117,33 @@ def test_sparse_linear_gradients_equal_the_dense_sparse_matrix():
     base = torch.randn(in_f, out_f, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, v, b: sparse_linear(x, idx, v, out_f, in_f, out=x @ b), (x, values, base))
     assert torch.autograd.gradcheck(lambda x, v: sparse_linear(x, idx, v, out_f, in_f), (x, values))
+
+
+@pytest.mark.parametrize("needs", ["all", "no_x", "only_values"])
+def test_low_rank_plus_sparse_equals_the_op_by_op_reference(needs):
+    """The one-node DSEE update against autograd over two F.linear and sparse_linear: outputs, and the gradients of
+    x, A, B and the values (repeated rows and columns in the support; some inputs not requiring grad)."""
+    torch.manual_seed(2)
+    out_f, in_f, r = 7, 13, 3
+    idx = torch.randperm(out_f * in_f)[:20]
+    idx = torch.cat([idx, idx[:3]])  # three entries twice: their values add up
+    rows, cols = idx // in_f, idx % in_f
+    x = torch.randn(3, 5, in_f, dtype=torch.double, requires_grad=needs == "all")
+    a = torch.randn(r, in_f, dtype=torch.double, requires_grad=needs != "only_values")
+    b = torch.randn(out_f, r, dtype=torch.double, requires_grad=needs != "only_values")
+    values = torch.randn(idx.numel(), dtype=torch.double, requires_grad=True)
+    inputs = [t for t in (x, a, b, values) if t.requires_grad]
+    assert torch.autograd.gradcheck(lambda *_: low_rank_plus_sparse(x, a, b, values, rows, cols), inputs)
+
+    def grads(fn):
+        y = fn()
+        return [y.detach(), *torch.autograd.grad((y * y).sum(), inputs)]
+
+    got = grads(lambda: low_rank_plus_sparse(x, a, b, values, rows, cols))
+    want = grads(lambda: sparse_linear(x, idx, values, out_f, in_f,
+                                       out=torch.nn.functional.linear(torch.nn.functional.linear(x, a), b)))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
 
 
 def test_grebsmo_support_finds_what_the_low_rank_part_cannot_explain():

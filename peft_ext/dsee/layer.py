@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
@@ -33,6 +32,45 @@ def sparse_linear(x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, 
     if out is None:
         out = x.new_zeros(*x.shape[:-1], out_features)
     return out.index_add_(-1, rows, x.index_select(-1, cols) * values.to(x.dtype))
+
+
+class _LowRankPlusSparse(torch.autograd.Function):
+    """``x A^T B^T + x S^T`` for ``x [T, in]`` (S given by its rows, columns and values ``[nnz]``) as one autograd
+    node. A step at a few thousand tokens is bound by the host's work per op: autograd over the op-by-op form
+    (two ``F.linear`` and ``sparse_linear``) runs 11 backward ops per layer, among them a zero-filled ``[T, in]``
+    gradient for the gathered inputs and its addition into x's gradient; here the sparse part of x's gradient is
+    added into the low-rank part's in place, 9 ops, and a layer's 5 autograd nodes become one (H200-like host proxy:
+    DSEE 1.22x -> 1.19x LoRA's step). ``sparse_linear`` with ``F.linear`` is the reference it is tested against."""
+
+    @staticmethod
+    def forward(ctx, x, a, b, values, rows, cols):
+        h = x @ a.t()
+        v = values.to(x.dtype)
+        x_kept = x.index_select(1, cols)
+        out = (h @ b.t()).index_add_(1, rows, x_kept * v)
+        ctx.save_for_backward(x, a, b, v, h, x_kept, rows, cols)
+        ctx.values_dtype = values.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, a, b, v, h, x_kept, rows, cols = ctx.saved_tensors
+        need_x, need_a, need_b, need_v = ctx.needs_input_grad[:4]
+        grad_b = grad.t() @ h if need_b else None
+        grad_h = grad @ b if need_a or need_x else None
+        grad_a = grad_h.t() @ x if need_a else None
+        grad_kept = grad.index_select(1, rows) if need_v or need_x else None
+        grad_v = (grad_kept * x_kept).sum(0).to(ctx.values_dtype) if need_v else None
+        grad_x = (grad_h @ a).index_add_(1, cols, grad_kept * v) if need_x else None
+        return grad_x, grad_a, grad_b, grad_v, None, None
+
+
+def low_rank_plus_sparse(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, values: torch.Tensor,
+                         rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``x [..., in] -> x A^T B^T + x S^T [..., out]`` with ``a [r, in]``, ``b [out, r]`` and S's ``values [nnz]``
+    at ``(rows, cols)`` (int64 ``[nnz]`` each; repeats add up). x, a and b share a dtype."""
+    out = _LowRankPlusSparse.apply(x.reshape(-1, x.shape[-1]), a, b, values, rows, cols)
+    return out.view(*x.shape[:-1], b.shape[0])
 
 
 class DSEELayer(BaseTunerLayer):
@@ -90,11 +128,9 @@ class DSEELinear(AdditiveLinear, DSEELayer):
         self.update_layer(adapter_name, config)
 
     def adapter_update(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
-        a, b, values = self.dsee_A[adapter], self.dsee_B[adapter], self.dsee_values[adapter]
-        xa = x.to(a.dtype)
-        update = sparse_linear(xa, self.dsee_indices[adapter], values, self.out_features, self.in_features,
-                               out=F.linear(F.linear(xa, a), b), rows_cols=self.support_rows_cols(adapter))
-        return update
+        a = self.dsee_A[adapter]
+        return low_rank_plus_sparse(x.to(a.dtype), a, self.dsee_B[adapter], self.dsee_values[adapter],
+                                    *self.support_rows_cols(adapter))
 
     def adapter_scale(self, adapter: str) -> float:
         return self.dsee_scale[adapter]

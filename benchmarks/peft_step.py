@@ -100,8 +100,7 @@ def profile_summary(prof, device: str) -> str:
         # time, so summing it counted most of the step twice (111 ms "busy" for LoRA's 52 ms of kernels)
         kernels = [e for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA]
         busy_us = sum(e.time_range.elapsed_us() for e in kernels)
-        kernels = len(kernels)
-        lines.append(f"device busy {busy_us / 1e3:.1f} ms, {kernels} kernels")
+        lines.append(f"device busy {busy_us / 1e3:.1f} ms, {len(kernels)} kernels")
         lines.append(events.table(sort_by="self_cuda_time_total", row_limit=10))
     lines.append(events.table(sort_by="self_cpu_time_total", row_limit=10))
     return "\n".join(x for x in lines if x)

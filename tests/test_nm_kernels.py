@@ -218,7 +218,6 @@ def test_kernel_tables_are_empty_where_no_kernel_reads_them():
     assert kernel_tables(_weight(16, 256, 2, 4, "bf16", 0).to("cpu")) == {}
 
 
-
 def test_permute_x_default_rule():
     """The packed GEMV's measured rule for reading x through the permuted copy: never at 1-2 rows, from 4 rows on
     weights of 2^27+ entries, from 8 rows on any weight."""

@@ -17,18 +17,15 @@ from .support import select_support, support_size
 
 
 def sparse_linear(x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, out_features: int,
-                  in_features: int, out: torch.Tensor | None = None,
-                  rows_cols: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                  in_features: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """``out + x [..., in] @ S.T -> [..., out]`` for S given by flat ``indices`` and ``values`` ``[nnz]``, without a
     dense S: gather the inputs each entry reads, weigh them, add them into their output features. O(tokens x nnz)
-    time and memory beyond ``out`` (default zeros). ``rows_cols``: ``indices``' rows and columns, when the caller
-    keeps them (``DSEELinear`` does, so a step does not recompute them).
+    time and memory beyond ``out`` (default zeros).
 
-    Three plain ops, so autograd's C++ engine runs the backward (a Python ``autograd.Function`` here cost more host
-    time per layer than the ops it ran). ``out`` must be a fresh tensor, not a view, whose producer's backward does
-    not need it (``F.linear``'s output): the add goes into it in place and its gradient passes through untouched
-    (an in-place add into a reshaped view made autograd clone the gradient several times per layer)."""
-    rows, cols = rows_cols if rows_cols is not None else (indices // in_features, indices % in_features)
+    The op-by-op form, differentiated by autograd: the reference ``low_rank_plus_sparse`` (what ``DSEELinear``
+    runs) is tested against. ``out`` must be a fresh tensor, not a view, whose producer's backward does not need it
+    (``F.linear``'s output): the add goes into it in place and its gradient passes through untouched."""
+    rows, cols = indices // in_features, indices % in_features
     if out is None:
         out = x.new_zeros(*x.shape[:-1], out_features)
     return out.index_add_(-1, rows, x.index_select(-1, cols) * values.to(x.dtype))

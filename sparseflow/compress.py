@@ -61,7 +61,9 @@ def _prepare(model_dir: str | Path, recipe: Any, calibration: str, device: str |
     if "quantization_config" in config:
         raise ValueError(f"{model_dir} is already quantized ({config['quantization_config'].get('quant_method')})")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = _load_dense(model_dir, device)
+    from sparseflow.hf_loader import load_causal_lm
+
+    model = load_causal_lm(model_dir, device=device)  # checks the weight files first: a cut-off one is named
     ids = None
     if recipe.needs_calibration:
         from sparseflow.compressors.data import calibration_ids
@@ -86,8 +88,3 @@ def _write(model_dir: str | Path, out_dir: str | Path, weights: Mapping[str, Any
     config["quantization_config"] = qdict
     return save_folder(out_dir, state, config, source_dir=model_dir)
 
-
-def _load_dense(model_dir: str | Path, device: str):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()

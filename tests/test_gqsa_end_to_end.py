@@ -64,6 +64,10 @@ def test_loader_rejects_bad_checkpoints(gqsa_llama_dir, tiny_llama_dir, tmp_path
 
     with pytest.raises(ValueError, match=r"model\.safetensors: cannot read safetensors \(corrupt or truncated"):
         load_causal_lm(truncated_copy(tiny_llama_dir, tmp_path / "dense-truncated"))  # the dense path too
+    from sparseflow.compress import compress_gqsa
+
+    with pytest.raises(ValueError, match=r"model\.safetensors: cannot read safetensors \(corrupt or truncated"):
+        compress_gqsa(tmp_path / "dense-truncated", tmp_path / "never-written")  # compress loads through it too
     wrong = copy_with_quant_config(gqsa_llama_dir, tmp_path / "wrong-bits", bits=8)  # contradicts the packed codes
     with pytest.raises(ValueError, match="codes"):
         load_model(wrong)

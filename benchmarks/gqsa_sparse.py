@@ -7,6 +7,9 @@ launch cost stays out). At M=1 the task-centric GEMV is also timed per configura
 
 from __future__ import annotations
 
+import functools
+import itertools
+
 from .harness import Row, over_shapes, register, time_graph_ms
 from .peers import GraphPeers, batch_inputs, gqsa_w4s50
 
@@ -17,13 +20,14 @@ BATCHES = [1, 4, 16, 64, 256, 2048]
 # 256: 10.9; torch int4 6.8), as if each program's chain of dependent loads, not bandwidth, set the pace there
 SWEEP = [(512, 64, 2), (1024, 64, 2), (256, 64, 2), (1024, 32, 1), (512, 32, 1), (1024, 128, 4),
          (128, 64, 2), (128, 128, 4), (64, 64, 2)]
+# Each also with OWN_ROWS (programs own whole rows and store them: no atomics, no finishing launch)
 
 
 def _bench_shape(n: int, k: int, batches: list[int], sweep: list[tuple[int, int, int]]) -> list[Row]:
     import torch
     import torch.nn.functional as F
     from sparseflow.kernels.gqsa import gqsa_linear, gqsa_linear_reference
-    from sparseflow.kernels.gqsa.triton_kernels import gqsa_dequantize, gqsa_task_gemv, task_gemv_config
+    from sparseflow.kernels.gqsa.triton_kernels import gqsa_dequantize, gqsa_task_gemv, task_gemv_config, task_table
     from sparseflow.kernels.testing import rel_error
 
     dev = torch.device("cuda")
@@ -41,10 +45,13 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: list[tuple[int, int,
         ms = time_graph_ms([lambda x=x, p=p, t=t: gqsa_linear(x, p, tables=t) for p, t in pool])
         rows.append(Row(case, "gqsa w4s50g16", ms, floor_bytes, flops, note=f"err {err:.1e}", extra=extra))
         if m == 1:
-            for task, block, warps in sweep:
-                cfg = {"TASK": task, "BLOCK": block, "num_warps": warps}
-                ms = time_graph_ms([lambda x=x, p=p, cfg=cfg: gqsa_task_gemv(x, p, config=cfg) for p, _ in pool])
-                rows.append(Row(case, f"task t{task} b{block} w{warps}", ms, floor_bytes, flops, extra=cfg))
+            for (task, block, warps), own in itertools.product(sweep, (False, True)):
+                cfg = {"TASK": task, "BLOCK": block, "num_warps": warps, "OWN_ROWS": own}
+                # tables built outside the timed graph, as kernel_tables does after loading
+                calls = [functools.partial(gqsa_task_gemv, x, p, config=cfg, rows=task_table(p, cfg)) for p, _ in pool]
+                ms = time_graph_ms(calls)
+                name = f"{'own' if own else 'task'} t{task} b{block} w{warps}"
+                rows.append(Row(case, name, ms, floor_bytes, flops, extra=cfg))
         if m >= 16:
             ms = time_graph_ms([lambda x=x, p=p: F.linear(x, gqsa_dequantize(p, x.dtype)) for p, _ in pool[:4]])
             rows.append(Row(case, "gqsa deq+mm", ms, floor_bytes, flops))

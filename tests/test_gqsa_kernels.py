@@ -142,17 +142,19 @@ def test_dense_groups_gemv_matches_reference(m, n, k, bits, g, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
 @pytest.mark.parametrize("bits, g", [(4, 16), (4, 8), (4, 32), (8, 16), (2, 64)], ids=lambda v: str(v))
 @pytest.mark.parametrize("density", [1.0, 0.5, 0.1, 0.0])
-@pytest.mark.parametrize("task", [8, 24, None], ids=["task8", "task24", "default"])
+@pytest.mark.parametrize("task, own_rows", [(8, False), (24, False), (8, True), (None, None)],
+                         ids=["task8", "task24", "own8", "default"])
 @pytest.mark.parametrize("m, n, k", [(1, 37, 256), (2, 130, 384)], ids=lambda v: str(v))
-def test_task_gemv_matches_reference(m, n, k, bits, g, density, task, dtype):
+def test_task_gemv_matches_reference(m, n, k, bits, g, density, task, own_rows, dtype):
     """Task-centric GEMV: tasks of stored groups cross row boundaries (8 and 24 groups: many rows per task,
-    rows split across tasks, partial steps), empty rows, full rows, sparsity 0 / 0.5 / 0.9 / all pruned."""
+    rows split across tasks, partial steps), empty rows, full rows, sparsity 0 / 0.5 / 0.9 / all pruned. With
+    ``own_rows`` programs own whole rows instead (rows longer than a task, programs with no rows)."""
     from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv, task_gemv_config
 
     w = _weight(n, k, bits, g, density)
     x = torch.randn(m, k, device=DEVICE).to(dtype)
     bias = torch.randn(n, device=DEVICE).to(dtype)
-    config = None if task is None else {**task_gemv_config(w), "TASK": task, "BLOCK": 8}
+    config = None if task is None else {**task_gemv_config(w), "TASK": task, "BLOCK": 8, "OWN_ROWS": own_rows}
     y = gqsa_task_gemv(x, w, bias, config=config)
     assert y.dtype == dtype and y.shape == (m, n)
     assert_close(y.float(), gqsa_linear_reference(x.float(), w, bias.float()), dtype, name=f"task gemv {dtype}")
@@ -169,23 +171,48 @@ def test_task_gemv_uneven_rows():
     keep[40, ::3] = True
     w = quantize_rtn(torch.randn(n, k), bits=4, group_size=g, keep=keep).to(DEVICE)
     x = torch.randn(1, k, device=DEVICE)
-    for task, block in ((8, 8), (16, 4), (64, 16)):
-        y = gqsa_task_gemv(x, w, config={"TASK": task, "BLOCK": block, "num_warps": 1})
-        assert_close(y, gqsa_linear_reference(x, w), torch.float32, name=f"uneven rows task {task}")
+    bias = torch.randn(n, device=DEVICE)  # rows 41-49 are empty: owned, they must still get their bias
+    for own_rows in (False, True):
+        for task, block in ((8, 8), (16, 4), (64, 16)):
+            config = {"TASK": task, "BLOCK": block, "num_warps": 1, "OWN_ROWS": own_rows}
+            y = gqsa_task_gemv(x, w, bias, config=config)
+            assert_close(y, gqsa_linear_reference(x, w, bias), torch.float32,
+                         name=f"uneven rows task {task} own {own_rows}")
+
+
+def test_owned_rows_cover_every_row_once():
+    """Row boundaries of the row-owning GEMV: start at 0, end at N, never decrease, and a program's rows start
+    within its share of groups."""
+    from sparseflow.kernels.gqsa.triton_kernels import owned_rows
+
+    n, k, g = 50, 512, 16
+    keep = torch.zeros(n, k // g, dtype=torch.bool)
+    keep[3] = True
+    keep[10:20, 5] = True
+    w = quantize_rtn(torch.randn(n, k), bits=4, group_size=g, keep=keep).to(DEVICE)
+    for task in (1, 8, 40, 1000):
+        bounds = owned_rows(w, task).cpu()
+        assert bounds[0] == 0 and bounds[-1] == n and bool((bounds[1:] >= bounds[:-1]).all())
+        starts = w.row_ptr.cpu()[bounds[:-1].long()]
+        owners = torch.arange(bounds.numel() - 1)
+        has_rows = bounds[1:] > bounds[:-1]
+        assert bool((starts[has_rows] >= owners[has_rows] * task).all())
+        assert bool((starts[has_rows] < (owners[has_rows] + 1) * task).all())
 
 
 def test_task_gemv_reads_a_prebuilt_task_table_and_refuses_a_foreign_one():
     """The table kernel_tables builds once is what the GEMV would build per call; one built for another TASK
     (or weight) is refused rather than read out of bounds."""
-    from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv, task_rows
+    from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv, task_table
 
     w = _weight(37, 256, 4, 16, 0.5)
     x = torch.randn(1, 256, device=DEVICE)
-    config = {"TASK": 8, "BLOCK": 8, "num_warps": 1}
-    y = gqsa_task_gemv(x, w, config=config, rows=task_rows(w, 8))
-    assert_close(y, gqsa_linear_reference(x, w), torch.float32, name="prebuilt task table")
-    with pytest.raises(ValueError, match="another weight or config"):
-        gqsa_task_gemv(x, w, config=config, rows=task_rows(w, 16))
+    for own_rows in (False, True):
+        config = {"TASK": 8, "BLOCK": 8, "num_warps": 1, "OWN_ROWS": own_rows}
+        y = gqsa_task_gemv(x, w, config=config, rows=task_table(w, config))
+        assert_close(y, gqsa_linear_reference(x, w), torch.float32, name="prebuilt task table")
+        with pytest.raises(ValueError, match="another weight or config"):
+            gqsa_task_gemv(x, w, config=config, rows=task_table(w, {**config, "TASK": 16}))
 
 
 def test_kernel_tables_off_the_gpu_are_empty():
@@ -216,14 +243,16 @@ def test_task_dequantize_matches_reference(bits, g, density, chunk, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+@pytest.mark.parametrize("own_rows", [False, True], ids=["split", "own"])
 @pytest.mark.parametrize("m, block_m", [(5, 4), (3, 2), (3, 4), (8, 4), (2, 1)])
-def test_task_gemv_several_input_rows(m, block_m, dtype):
+def test_task_gemv_several_input_rows(m, block_m, own_rows, dtype):
     """One decoded weight word serves BLOCK_M input rows; M not a multiple of BLOCK_M masks the tail."""
     from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv
 
     w = _weight(45, 256, 4, 16, 0.5)
     x = torch.randn(m, 256, device=DEVICE).to(dtype)
-    y = gqsa_task_gemv(x, w, config={"TASK": 16, "BLOCK": 8, "num_warps": 1, "BLOCK_M": block_m})
+    config = {"TASK": 16, "BLOCK": 8, "num_warps": 1, "BLOCK_M": block_m, "OWN_ROWS": own_rows}
+    y = gqsa_task_gemv(x, w, config=config)
     assert_close(y.float(), gqsa_linear_reference(x.float(), w), dtype, name=f"task gemv M={m}")
 
 

@@ -87,13 +87,13 @@ def kernel_tables(w: GQSAWeight) -> dict[str, torch.Tensor]:
 
     if w.device.type != "cuda" or not tile_supported(w):
         return {}
-    from .triton_kernels import dense_groups_supported, task_gemv_config, task_rows
+    from .triton_kernels import dense_groups_supported, task_gemv_config, task_table
 
     if dense_groups_supported(w):
         return {}
     tables = group_bitmap(w)
     if (w.group_size * w.bits) % 32 == 0:
-        tables["task_rows"] = task_rows(w, task_gemv_config(w)["TASK"])
+        tables["task_rows"] = task_table(w, task_gemv_config(w))
     return tables
 
 

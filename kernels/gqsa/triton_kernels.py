@@ -287,10 +287,30 @@ def _x_group_word(x_row, col, wj: tl.constexpr, G: tl.constexpr, BITS: tl.conste
 
 
 @triton.jit
+def _store_row_sums(y_ptr, bias_ptr, r, m0, M, stride_ym, acc0, acc1, acc2, acc3,
+                    BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Row ``r``'s complete sums for input rows ``m0 ..`` (+ bias), stored in ``y``'s dtype."""
+    b = 0.0
+    if HAS_BIAS:
+        b = tl.load(bias_ptr + r).to(tl.float32)
+    y_r = y_ptr + m0.to(tl.int64) * stride_ym + r
+    tl.store(y_r, (tl.sum(acc0, axis=0) + b).to(y_ptr.dtype.element_ty))
+    if BLOCK_M > 1:
+        if m0 + 1 < M:
+            tl.store(y_r + stride_ym, (tl.sum(acc1, axis=0) + b).to(y_ptr.dtype.element_ty))
+    if BLOCK_M > 2:
+        if m0 + 2 < M:
+            tl.store(y_r + 2 * stride_ym, (tl.sum(acc2, axis=0) + b).to(y_ptr.dtype.element_ty))
+        if m0 + 3 < M:
+            tl.store(y_r + 3 * stride_ym, (tl.sum(acc3, axis=0) + b).to(y_ptr.dtype.element_ty))
+
+
+@triton.jit
 def _task_gemv_kernel(
-    x_ptr, words_ptr, col_ptr, rowptr_ptr, scale_ptr, zero_ptr, task_row_ptr, y_ptr,
+    x_ptr, words_ptr, col_ptr, rowptr_ptr, scale_ptr, zero_ptr, task_row_ptr, bias_ptr, y_ptr,
     NNZ, M, stride_xm, stride_ym, TASK, code_mask,
     G: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
+    OWN_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     """Task-centric decode GEMV: program ``t`` owns stored groups ``[t*TASK, (t+1)*TASK)`` whatever rows they
     belong to, so every program reads the same number of bytes however uneven the rows are. It walks the rows
@@ -298,7 +318,11 @@ def _task_gemv_kernel(
     one group per thread; a row's sum leaves as one fp32 atomic into a zeroed workspace (``splitk``), so
     nothing per group has to find its row. Each group is read a 32-bit word at a time next to the matching
     contiguous x values; a decoded word serves ``BLOCK_M`` <= 4 input rows. The kernel is instruction-bound
-    (ncu: 76% issue utilisation on 28672x8192), hence the few-instruction decode in ``_window_codes``."""
+    (ncu: 76% issue utilisation on 28672x8192), hence the few-instruction decode in ``_window_codes``.
+
+    ``OWN_ROWS``: program ``t`` owns whole rows ``[task_row_ptr[t], task_row_ptr[t+1])`` instead (``owned_rows``:
+    about ``TASK`` groups each, give or take a row), so each row's sum is complete in one program and is stored
+    straight into ``y`` in its dtype with the bias: no atomics, no workspace, no finishing launch."""
     WPG: tl.constexpr = G * BITS // 32  # 32-bit words per group
     CPW: tl.constexpr = 32 // BITS  # codes per word
     pid_t = tl.program_id(0)
@@ -315,9 +339,17 @@ def _task_gemv_kernel(
     x2 = x_ptr + tl.minimum(m0 + 2, M - 1).to(tl.int64) * stride_xm
     x3 = x_ptr + tl.minimum(m0 + 3, M - 1).to(tl.int64) * stride_xm
     offs = tl.arange(0, BLOCK)
-    for r in range(row_first, row_last + 1):
-        lo = tl.maximum(task_lo, tl.load(rowptr_ptr + r))
-        hi = tl.minimum(task_hi, tl.load(rowptr_ptr + r + 1))
+    if OWN_ROWS:
+        row_stop = row_last  # the next program's first row
+    else:
+        row_stop = row_last + 1  # the last row may be shared with the next program
+    for r in range(row_first, row_stop):
+        if OWN_ROWS:
+            lo = tl.load(rowptr_ptr + r)
+            hi = tl.load(rowptr_ptr + r + 1)
+        else:
+            lo = tl.maximum(task_lo, tl.load(rowptr_ptr + r))
+            hi = tl.minimum(task_hi, tl.load(rowptr_ptr + r + 1))
         acc0 = tl.zeros([BLOCK], dtype=tl.float32)
         acc1 = tl.zeros([BLOCK], dtype=tl.float32)
         acc2 = tl.zeros([BLOCK], dtype=tl.float32)
@@ -353,7 +385,9 @@ def _task_gemv_kernel(
             if BLOCK_M > 2:
                 acc2 += s * tl.sum(d2 * unscale, axis=1)
                 acc3 += s * tl.sum(d3 * unscale, axis=1)
-        if hi > lo:
+        if OWN_ROWS:
+            _store_row_sums(y_ptr, bias_ptr, r, m0, M, stride_ym, acc0, acc1, acc2, acc3, BLOCK_M, HAS_BIAS)
+        elif hi > lo:
             y_r = y_ptr + m0.to(tl.int64) * stride_ym + r
             tl.atomic_add(y_r, tl.sum(acc0, axis=0), sem="relaxed")
             if BLOCK_M > 1:
@@ -444,6 +478,24 @@ def task_rows(w: GQSAWeight, chunk: int) -> torch.Tensor:
     return rows.to(torch.int32)
 
 
+def owned_rows(w: GQSAWeight, task: int) -> torch.Tensor:
+    """``[T + 1]`` int32 row boundaries for the row-owning task GEMV (``OWN_ROWS``): program ``t`` owns the rows
+    whose first stored group lies in ``[t*task, (t+1)*task)``, so each gets about ``task`` groups (a row longer
+    than ``task`` leaves the next programs none). ``T = max(1, ceil(nnz / task))``; the last entry is N, so
+    trailing empty rows are owned too and get their zero (+ bias)."""
+    t = max(1, triton.cdiv(w.nnz_groups, task))
+    targets = torch.arange(t + 1, device=w.device, dtype=torch.int64) * task
+    bounds = torch.searchsorted(w.row_ptr.to(torch.int64), targets).clamp_(max=w.out_features)
+    bounds[0] = 0
+    bounds[-1] = w.out_features
+    return bounds.to(torch.int32)
+
+
+def task_table(w: GQSAWeight, config: dict) -> torch.Tensor:
+    """The table a task GEMV ``config`` reads: ``owned_rows`` with ``OWN_ROWS``, else ``task_rows``."""
+    return (owned_rows if config.get("OWN_ROWS") else task_rows)(w, config["TASK"])
+
+
 @functools.cache
 def _sm_count(device_index: int | None) -> int:
     return torch.cuda.get_device_properties(device_index or 0).multi_processor_count
@@ -469,7 +521,8 @@ def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = N
     """``x [M, K] @ W.T (+ bias) -> [M, N]`` for small M with task-centric partitioning (any sparsity).
 
     ``config``: ``TASK``, ``BLOCK``, ``num_warps`` (default ``task_gemv_config``) and optionally ``BLOCK_M``
-    (input rows per program: 1, 2 or 4). ``rows``: ``task_rows(w, TASK)`` if already built."""
+    (input rows per program: 1, 2 or 4) and ``OWN_ROWS`` (programs own whole rows and store them: see the kernel).
+    ``rows``: ``task_table(w, config)`` if already built."""
     m = x.shape[0]
     if (w.group_size * w.bits) % 32:
         raise ValueError(f"task GEMV needs whole 32-bit words per group (g={w.group_size}, bits={w.bits})")
@@ -479,27 +532,35 @@ def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = N
                          "too many; split the layer")
     cfg = dict(config or task_gemv_config(w))
     task = cfg.pop("TASK")
+    own_rows = bool(cfg.pop("OWN_ROWS", False))
     block_m = cfg.pop("BLOCK_M", min(triton.next_power_of_2(m), 4))
     if block_m not in (1, 2, 4):
         raise ValueError(f"BLOCK_M={block_m}: the task GEMV takes 1, 2 or 4 input rows per program")
     if x.dtype == torch.bfloat16 and x.stride(0) % 2:
         x = x.contiguous()  # bf16 x is read as 32-bit pairs
     n = w.out_features
-    # rows add into a zeroed float32 workspace; splitk_finish casts, adds the bias and zeroes it again
-    ws = splitk_workspace(x.device, m * n)
-    if w.nnz_groups:
-        if rows is None:
-            rows = task_rows(w, task)
-        elif rows.numel() != triton.cdiv(w.nnz_groups, task) + 1:
-            raise ValueError(f"task table has {rows.numel()} entries; TASK={task} over {w.nnz_groups} groups needs "
-                             f"{triton.cdiv(w.nnz_groups, task) + 1}: it was built for another weight or config")
-        grid = (rows.numel() - 1, triton.cdiv(m, block_m))
-        _task_gemv_kernel[grid](
-            x, _as_words(w), w.group_col, w.row_ptr, w.scale, w.zero, rows, ws,
-            w.nnz_groups, m, x.stride(0), n, task, (1 << w.bits) - 1,
-            G=w.group_size, BITS=w.bits, BLOCK_M=block_m, **cfg,
-        )
-    return splitk_finish(ws, torch.empty(m, n, dtype=x.dtype, device=x.device), bias)
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if own_rows:
+        programs = max(1, triton.cdiv(w.nnz_groups, task))  # every row is stored, even with no groups stored
+    elif w.nnz_groups:
+        programs = triton.cdiv(w.nnz_groups, task)
+        # rows add into a zeroed float32 workspace; splitk_finish casts, adds the bias and zeroes it again
+        ws = splitk_workspace(x.device, m * n)
+    else:
+        return torch.zeros_like(y) if bias is None else (torch.zeros_like(y) + bias).to(y.dtype)
+    if rows is None:
+        rows = task_table(w, {"TASK": task, "OWN_ROWS": own_rows})
+    elif rows.numel() != programs + 1:
+        raise ValueError(f"task table has {rows.numel()} entries; TASK={task} over {w.nnz_groups} groups needs "
+                         f"{programs + 1}: it was built for another weight or config")
+    _task_gemv_kernel[(programs, triton.cdiv(m, block_m))](
+        x, _as_words(w), w.group_col, w.row_ptr, w.scale, w.zero, rows,
+        bias if bias is not None and own_rows else x, y if own_rows else ws,
+        w.nnz_groups, m, x.stride(0), y.stride(0) if own_rows else n, task, (1 << w.bits) - 1,
+        G=w.group_size, BITS=w.bits, BLOCK_M=block_m, OWN_ROWS=own_rows, HAS_BIAS=own_rows and bias is not None,
+        **cfg,
+    )
+    return y if own_rows else splitk_finish(ws, y, bias)
 
 
 def gqsa_task_dequantize(w: GQSAWeight, dtype: torch.dtype, chunk: int = 256, num_warps: int = 4) -> torch.Tensor:

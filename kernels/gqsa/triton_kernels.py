@@ -506,14 +506,18 @@ TASK_PROGRAMS_PER_SM = 32
 
 
 def task_gemv_config(w: GQSAWeight) -> dict:
-    """Groups per program (``TASK``), groups per step (``BLOCK``, one per thread) and warps for the task GEMV.
+    """Groups per program (``TASK``), groups per step (``BLOCK``, one per thread), warps, and ``OWN_ROWS`` for the
+    task GEMV.
 
-    About two programs per resident slot, 256 to 1024 groups each: on the H200 (28672x8192 and 8192x28672, W4S50
-    g16, M=1) tasks sized for one wave were 9% slower than half that size, and 1024-group tasks on 4096x4096 leave
-    SMs idle (0.025 vs 0.012 ms with 256)."""
+    Programs own whole rows (one launch, no atomics) with about four programs per resident slot but at least one
+    average row each, 128 to 1024 groups. H200, W4S50 g16, M=1 (gqsa_sparse JSON, 2b06868; split tasks of 256 ->
+    owned rows): 4096x4096 9.9 -> 8.1 us (task 128), 14336x4096 21.1 -> 18.2, 4096x14336 17.5 -> 16.4,
+    28672x8192 53.3 -> 48.9, 8192x28672 48.0 -> 46.7 (tasks of one row). Owning two or more long rows per
+    program is slower (8192x28672, 1024 groups: 51.6), and so are one-warp programs (1.3-1.7x)."""
     sms = _sm_count(w.device.index) if w.device.type == "cuda" else 132
-    task = triton.cdiv(w.nnz_groups, 2 * sms * TASK_PROGRAMS_PER_SM)
-    return dict(TASK=min(1024, max(256, task)), BLOCK=64, num_warps=2)
+    per_slot = triton.cdiv(w.nnz_groups, 4 * sms * TASK_PROGRAMS_PER_SM)
+    mean_row = triton.cdiv(w.nnz_groups, max(1, w.out_features))
+    return dict(TASK=min(1024, max(128, per_slot, mean_row)), BLOCK=64, num_warps=2, OWN_ROWS=True)
 
 
 def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,

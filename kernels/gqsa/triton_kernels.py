@@ -509,15 +509,17 @@ def task_gemv_config(w: GQSAWeight) -> dict:
     """Groups per program (``TASK``), groups per step (``BLOCK``, one per thread), warps, and ``OWN_ROWS`` for the
     task GEMV.
 
-    Programs own whole rows (one launch, no atomics) with about four programs per resident slot but at least one
-    average row each, 128 to 1024 groups. H200, W4S50 g16, M=1 (gqsa_sparse JSON, 2b06868; split tasks of 256 ->
-    owned rows): 4096x4096 9.9 -> 8.1 us (task 128), 14336x4096 21.1 -> 18.2, 4096x14336 17.5 -> 16.4,
-    28672x8192 53.3 -> 48.9, 8192x28672 48.0 -> 46.7 (tasks of one row). Owning two or more long rows per
-    program is slower (8192x28672, 1024 groups: 51.6), and so are one-warp programs (1.3-1.7x)."""
+    Programs own whole rows (one launch, no atomics): about four programs per resident slot, or, where rows are
+    longer than that, three quarters of an average row (so a program owns one long row, rarely two), 128 to 1024
+    groups. H200, W4S50 g16, M=1 (gqsa_sparse JSONs, 2b06868 and 5a85895; split tasks of 256 -> owned rows):
+    4096x4096 9.9 -> 8.1 us (task 128), 14336x4096 21.1 -> 18.0, 4096x14336 17.5 -> 16.4, 28672x8192 53.3 -> 48.9,
+    8192x28672 48.0 -> 46.7 (task 512: one row each). Tasks of one average row (897) let programs own two rows
+    and took 53.0 there; one-warp programs are 1.3-1.7x slower."""
     sms = _sm_count(w.device.index) if w.device.type == "cuda" else 132
     per_slot = triton.cdiv(w.nnz_groups, 4 * sms * TASK_PROGRAMS_PER_SM)
     mean_row = triton.cdiv(w.nnz_groups, max(1, w.out_features))
-    return dict(TASK=min(1024, max(128, per_slot, mean_row)), BLOCK=64, num_warps=2, OWN_ROWS=True)
+    task = per_slot if per_slot >= mean_row else 3 * mean_row // 4
+    return dict(TASK=min(1024, max(128, task)), BLOCK=64, num_warps=2, OWN_ROWS=True)
 
 
 def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None,

@@ -67,7 +67,7 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: bool) -> list[Row]:
         bitmaps = [{"group_mask": t["group_mask"], "group_prefix": t["group_prefix"]} for _, t in gpool]
         err = rel_error(gtile.gqsa_tile_matmul(x, gw, bitmap=bitmaps[0]), gqsa_linear_reference(x, gw))
         floor = gw.storage_bytes() + io
-        default = tile_config(m, n, k)
+        default = gtile.gqsa_tile_config(m, n, k)
         tile_calls = [lambda x=x, p=p, b=b: gtile.gqsa_tile_matmul(x, p, bitmap=b)
                       for (p, _), b in zip(gpool, bitmaps, strict=True)]
         rows.append(_timed(case, "gqsa w4s50 tile", tile_calls, floor, flops, note=f"err {err:.1e}",
@@ -100,7 +100,7 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: bool) -> list[Row]:
                                     for p, t in npool], floor, flops, note=f"err {err:.1e}"))
         rows.append(_timed(case, "nm 2:4 int4 expand+mm", [lambda x=x, p=p: F.linear(x, nm_expand(p, x.dtype))
                                                            for p, _ in npool[:4]], floor, flops))
-        for label, cfg in _configs(default) if sweep and SWEEP_NM else []:
+        for label, cfg in _configs(tile_config(m, n, k)) if sweep and SWEEP_NM else []:
             rows.append(_timed(case, f"nm tile {label}",
                                [lambda x=x, p=p, cfg=cfg: ntile.nm_tile_matmul(x, p, config=cfg) for p, _ in npool],
                                floor, flops, extra={"config": cfg}))

@@ -81,9 +81,8 @@ def _gqsa_task(args):
                zero_ptr="*fp16", task_row_ptr="*i32", bias_ptr=xdt, y_ptr=xdt if args.own_rows else "*fp32",
                NNZ="i32", M="i32", stride_xm="i32", stride_ym="i32", TASK="i32", code_mask="u32",
                G="constexpr", BITS="constexpr", BLOCK="constexpr", BLOCK_M="constexpr", OWN_ROWS="constexpr",
-               HAS_BIAS="constexpr", LANES="constexpr")
-    const = dict(G=16, BITS=4, BLOCK=args.block_u, BLOCK_M=1, OWN_ROWS=args.own_rows, HAS_BIAS=False,
-                 LANES=args.lanes)
+               HAS_BIAS="constexpr")
+    const = dict(G=16, BITS=4, BLOCK=args.block_u, BLOCK_M=1, OWN_ROWS=args.own_rows, HAS_BIAS=False)
     div = ["x_ptr", "words_ptr", "col_ptr", "rowptr_ptr", "scale_ptr", "zero_ptr", "task_row_ptr", "bias_ptr",
            "y_ptr", "stride_xm", "stride_ym"]
     return compile_sass(fn, sig, const, div, num_warps=2)
@@ -174,7 +173,6 @@ def main(argv: list[str] | None = None) -> None:
                    help="nm24sp_packed: x in permute_x_for_sparse_mma order (one 16-byte load per lane and block)")
     p.add_argument("--popc", action=argparse.BooleanOptionalAction, default=True,
                    help="gqsa_tile: count bitmap bits with POPC (as on the GPU) or with plain integer ops")
-    p.add_argument("--lanes", type=int, default=1, help="gqsa_task: lanes per group (1 or 2)")
     p.add_argument("--own-rows", action=argparse.BooleanOptionalAction, default=True,
                    help="gqsa_task: programs own whole rows (the default config) or split tasks with atomics")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,

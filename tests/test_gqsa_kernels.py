@@ -142,23 +142,19 @@ def test_dense_groups_gemv_matches_reference(m, n, k, bits, g, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
 @pytest.mark.parametrize("bits, g", [(4, 16), (4, 8), (4, 32), (8, 16), (2, 64)], ids=lambda v: str(v))
 @pytest.mark.parametrize("density", [1.0, 0.5, 0.1, 0.0])
-@pytest.mark.parametrize("task, own_rows, lanes", [(8, False, 1), (24, False, 2), (8, True, 2), (None, None, None)],
-                         ids=["task8", "task24-lanes2", "own8-lanes2", "default"])
+@pytest.mark.parametrize("task, own_rows", [(8, False), (24, False), (8, True), (None, None)],
+                         ids=["task8", "task24", "own8", "default"])
 @pytest.mark.parametrize("m, n, k", [(1, 37, 256), (2, 130, 384)], ids=lambda v: str(v))
-def test_task_gemv_matches_reference(m, n, k, bits, g, density, task, own_rows, lanes, dtype):
+def test_task_gemv_matches_reference(m, n, k, bits, g, density, task, own_rows, dtype):
     """Task-centric GEMV: tasks of stored groups cross row boundaries (8 and 24 groups: many rows per task,
     rows split across tasks, partial steps), empty rows, full rows, sparsity 0 / 0.5 / 0.9 / all pruned. With
-    ``own_rows`` programs own whole rows instead (rows longer than a task, programs with no rows); with two
-    ``lanes`` per group (where a group has an even number of words) each lane decodes half a group."""
+    ``own_rows`` programs own whole rows instead (rows longer than a task, programs with no rows)."""
     from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv, task_gemv_config
 
     w = _weight(n, k, bits, g, density)
     x = torch.randn(m, k, device=DEVICE).to(dtype)
     bias = torch.randn(n, device=DEVICE).to(dtype)
-    config = None
-    if task is not None:
-        lanes = lanes if (g * bits // 32) % lanes == 0 else 1
-        config = {**task_gemv_config(w), "TASK": task, "BLOCK": 8, "OWN_ROWS": own_rows, "LANES": lanes}
+    config = None if task is None else {**task_gemv_config(w), "TASK": task, "BLOCK": 8, "OWN_ROWS": own_rows}
     y = gqsa_task_gemv(x, w, bias, config=config)
     assert y.dtype == dtype and y.shape == (m, n)
     assert_close(y.float(), gqsa_linear_reference(x.float(), w, bias.float()), dtype, name=f"task gemv {dtype}")
@@ -258,14 +254,6 @@ def test_task_gemv_several_input_rows(m, block_m, own_rows, dtype):
     config = {"TASK": 16, "BLOCK": 8, "num_warps": 1, "BLOCK_M": block_m, "OWN_ROWS": own_rows}
     y = gqsa_task_gemv(x, w, config=config)
     assert_close(y.float(), gqsa_linear_reference(x.float(), w), dtype, name=f"task gemv M={m}")
-
-
-def test_task_gemv_rejects_lanes_that_do_not_divide_a_group():
-    from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv
-
-    w = _weight(8, 64, 4, 8, 0.5)  # one 32-bit word per group: two lanes cannot share it
-    with pytest.raises(ValueError, match="LANES=2"):
-        gqsa_task_gemv(torch.randn(1, 64, device=DEVICE), w, config={"TASK": 16, "BLOCK": 8, "LANES": 2})
 
 
 def test_task_gemv_rejects_unsupported_block_m():

@@ -310,7 +310,7 @@ def _task_gemv_kernel(
     x_ptr, words_ptr, col_ptr, rowptr_ptr, scale_ptr, zero_ptr, task_row_ptr, bias_ptr, y_ptr,
     NNZ, M, stride_xm, stride_ym, TASK, code_mask,
     G: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
-    OWN_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, LANES: tl.constexpr,
+    OWN_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     """Task-centric decode GEMV: program ``t`` owns stored groups ``[t*TASK, (t+1)*TASK)`` whatever rows they
     belong to, so every program reads the same number of bytes however uneven the rows are. It walks the rows
@@ -320,17 +320,11 @@ def _task_gemv_kernel(
     contiguous x values; a decoded word serves ``BLOCK_M`` <= 4 input rows. The kernel is instruction-bound
     (ncu: 76% issue utilisation on 28672x8192), hence the few-instruction decode in ``_window_codes``.
 
-    ``LANES`` (1 or 2, dividing the group's words): lanes per group. With 2, neighbouring lanes read neighbouring
-    halves of a group's x, so a warp-wide x load covers half as many groups over contiguous bytes: fewer L1
-    wavefronts per group (ncu: L1 74% busy with one lane per group), and a row's last, partial step is half as long.
-
     ``OWN_ROWS``: program ``t`` owns whole rows ``[task_row_ptr[t], task_row_ptr[t+1])`` instead (``owned_rows``:
     about ``TASK`` groups each, give or take a row), so each row's sum is complete in one program and is stored
     straight into ``y`` in its dtype with the bias: no atomics, no workspace, no finishing launch."""
     WPG: tl.constexpr = G * BITS // 32  # 32-bit words per group
     CPW: tl.constexpr = 32 // BITS  # codes per word
-    GS: tl.constexpr = BLOCK // LANES  # groups per step
-    WPL: tl.constexpr = WPG // LANES  # words per lane
     pid_t = tl.program_id(0)
     pid_m = tl.program_id(1)
     unscale = _window_scale(BITS)[None, :]
@@ -345,12 +339,6 @@ def _task_gemv_kernel(
     x2 = x_ptr + tl.minimum(m0 + 2, M - 1).to(tl.int64) * stride_xm
     x3 = x_ptr + tl.minimum(m0 + 3, M - 1).to(tl.int64) * stride_xm
     offs = tl.arange(0, BLOCK)
-    if LANES == 1:
-        gi = offs  # the step's group this lane works on
-        lw = 0  # which of the group's LANES word ranges
-    else:
-        gi = offs // LANES
-        lw = offs % LANES
     if OWN_ROWS:
         row_stop = row_last  # the next program's first row
     else:
@@ -366,26 +354,24 @@ def _task_gemv_kernel(
         acc1 = tl.zeros([BLOCK], dtype=tl.float32)
         acc2 = tl.zeros([BLOCK], dtype=tl.float32)
         acc3 = tl.zeros([BLOCK], dtype=tl.float32)
-        for j in range(lo, hi, GS):
+        for j in range(lo, hi, BLOCK):
             # int32 indices (the host checks nnz * words per group < 2**31). Threads past the row's end re-read its
             # last group and weigh it by zero: unmasked loads need no zero-filled registers first.
-            gidx = tl.minimum(j + gi, hi - 1)
+            gidx = tl.minimum(j + offs, hi - 1)
             col = tl.load(col_ptr + gidx).to(tl.int32)
-            s = tl.where(j + gi < hi, tl.load(scale_ptr + gidx).to(tl.float32), 0.0)
+            s = tl.where(j + offs < hi, tl.load(scale_ptr + gidx).to(tl.float32), 0.0)
             z = tl.load(zero_ptr + gidx).to(tl.float32)
             d0 = tl.zeros([BLOCK, CPW], dtype=tl.float32)
             d1 = tl.zeros([BLOCK, CPW], dtype=tl.float32)
             d2 = tl.zeros([BLOCK, CPW], dtype=tl.float32)
             d3 = tl.zeros([BLOCK, CPW], dtype=tl.float32)
-            w_first = gidx * WPG + lw * WPL  # this lane's first word
-            if WPL == 2:  # g16 4-bit, one lane per group: both words in one 64-bit load
-                w01 = tl.split(tl.load(words_ptr + w_first[:, None] + tl.arange(0, 2)[None, :]))
-            for wl in tl.static_range(WPL):
-                if WPL == 2:
-                    word = w01[wl].to(tl.uint32, bitcast=True)
+            if WPG == 2:  # the common g16 4-bit case: both words in one 64-bit load
+                w01 = tl.split(tl.load(words_ptr + gidx[:, None] * 2 + tl.arange(0, 2)[None, :]))
+            for wj in tl.static_range(WPG):
+                if WPG == 2:
+                    word = w01[wj].to(tl.uint32, bitcast=True)
                 else:
-                    word = tl.load(words_ptr + w_first + wl).to(tl.uint32, bitcast=True)
-                wj = lw * WPL + wl  # the word's place in its group
+                    word = tl.load(words_ptr + gidx * WPG + wj).to(tl.uint32, bitcast=True)
                 wq = _window_codes(word, z, code_mask, BITS)
                 d0 += wq * _x_group_word(x0, col, wj, G, BITS)
                 if BLOCK_M > 1:
@@ -541,8 +527,7 @@ def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = N
     """``x [M, K] @ W.T (+ bias) -> [M, N]`` for small M with task-centric partitioning (any sparsity).
 
     ``config``: ``TASK``, ``BLOCK``, ``num_warps`` (default ``task_gemv_config``) and optionally ``BLOCK_M``
-    (input rows per program: 1, 2 or 4), ``OWN_ROWS`` (programs own whole rows and store them) and ``LANES`` (lanes
-    per group, 1 or 2): see the kernel.
+    (input rows per program: 1, 2 or 4) and ``OWN_ROWS`` (programs own whole rows and store them: see the kernel).
     ``rows``: ``task_table(w, config)`` if already built."""
     m = x.shape[0]
     if (w.group_size * w.bits) % 32:
@@ -554,10 +539,6 @@ def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = N
     cfg = dict(config or task_gemv_config(w))
     task = cfg.pop("TASK")
     own_rows = bool(cfg.pop("OWN_ROWS", False))
-    lanes = cfg.pop("LANES", 1)
-    if lanes not in (1, 2) or words_per_group % lanes or cfg["BLOCK"] % lanes:
-        raise ValueError(f"LANES={lanes}: the task GEMV takes 1 or 2 lanes per group, dividing the group's "
-                         f"{words_per_group} words and BLOCK={cfg['BLOCK']}")
     block_m = cfg.pop("BLOCK_M", min(triton.next_power_of_2(m), 4))
     if block_m not in (1, 2, 4):
         raise ValueError(f"BLOCK_M={block_m}: the task GEMV takes 1, 2 or 4 input rows per program")
@@ -583,7 +564,6 @@ def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = N
         bias if bias is not None and own_rows else x, y if own_rows else ws,
         w.nnz_groups, m, x.stride(0), y.stride(0) if own_rows else n, task, (1 << w.bits) - 1,
         G=w.group_size, BITS=w.bits, BLOCK_M=block_m, OWN_ROWS=own_rows, HAS_BIAS=own_rows and bias is not None,
-        LANES=lanes,
         **cfg,
     )
     return y if own_rows else splitk_finish(ws, y, bias)

@@ -9,10 +9,12 @@ setup:
 demo: setup
 	.venv/bin/sparseflow demo
 
-# The pytest console script, not `python -m pytest`: the repo root must stay off sys.path.
+# The pytest console script, not `python -m pytest`: the repo root must stay off sys.path. Two workers
+# (pytest-xdist): the interpreter's kernel tests and the vLLM engine tests are single-process bound, and the
+# suite went from 28 to 20 minutes on this 2-core machine.
 test: setup
 	.venv/bin/ruff check .
-	.venv/bin/pytest -q
+	.venv/bin/pytest -q -n 2
 
 lint: setup
 	.venv/bin/ruff check .

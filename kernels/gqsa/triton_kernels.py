@@ -511,10 +511,10 @@ def task_gemv_config(w: GQSAWeight) -> dict:
 
     Programs own whole rows (one launch, no atomics): about four programs per resident slot, or, where rows are
     longer than that, three quarters of an average row (so a program owns one long row, rarely two), 128 to 1024
-    groups. H200, W4S50 g16, M=1 (gqsa_sparse JSONs, 2b06868 and 5a85895; split tasks of 256 -> owned rows):
+    groups. H200, W4S50 g16, M=1 (gqsa_sparse-own-rows-sweep JSON at 2b06868; split tasks of 256 -> owned rows):
     4096x4096 9.9 -> 8.1 us (task 128), 14336x4096 21.1 -> 18.0, 4096x14336 17.5 -> 16.4, 28672x8192 53.3 -> 48.9,
     8192x28672 48.0 -> 46.7 (task 512: one row each). Tasks of one average row (897) let programs own two rows
-    and took 53.0 there; one-warp programs are 1.3-1.7x slower."""
+    and took 53.0 there (gqsa_sparse JSON at 5a85895); one-warp programs are 1.3-1.7x slower."""
     sms = _sm_count(w.device.index) if w.device.type == "cuda" else 132
     per_slot = triton.cdiv(w.nnz_groups, 4 * sms * TASK_PROGRAMS_PER_SM)
     mean_row = triton.cdiv(w.nnz_groups, max(1, w.out_features))

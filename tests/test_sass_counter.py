@@ -14,8 +14,9 @@ import pytest
 pytest.importorskip("triton.backends.nvidia")
 
 
-@pytest.mark.parametrize("kernel, args", [("gqsa_task", []), ("nm24", ["--values", "int4"]),
-                                          ("nm24sp_packed", []), ("gqsa_tile", []), ("gqsa_tile", ["--x", "fp16"])])
+@pytest.mark.parametrize("kernel, args", [("gqsa_task", []), ("gqsa_task", ["--no-own-rows"]),
+                                          ("nm24", ["--values", "int4"]), ("nm24sp_packed", []), ("gqsa_tile", []),
+                                          ("gqsa_tile", ["--x", "fp16"])])
 def test_decode_kernels_compile_for_sm90_and_have_a_loop(kernel, args):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, "-m", "sparseflow.benchmarks.sass", kernel, *args], env=env,

@@ -15,9 +15,9 @@ from .peers import GraphPeers, batch_inputs, gqsa_w4s50
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
 BATCHES = [1, 4, 16, 64, 256, 2048]
-# (TASK, BLOCK, num_warps) of the task GEMV, next to the default (task_gemv_config). The last three go below the
-# default's 256-group floor: on 4096x4096 (ab0794d) time still fell with the task size (1024: 19.6 us, 512: 13.4,
-# 256: 10.9; torch int4 6.8), as if each program's chain of dependent loads, not bandwidth, set the pace there
+# (TASK, BLOCK, num_warps) of the task GEMV, next to the default (task_gemv_config). The last three go below 256
+# groups, the default's floor until 2b06868: on 4096x4096 (ab0794d) time still fell with the task size (1024:
+# 19.6 us, 512: 13.4, 256: 10.9; torch int4 6.8), and 128-group owned rows are now the default there
 SWEEP = [(512, 64, 2), (1024, 64, 2), (256, 64, 2), (1024, 32, 1), (512, 32, 1), (1024, 128, 4),
          (128, 64, 2), (128, 128, 4), (64, 64, 2)]
 # Each also with OWN_ROWS (programs own whole rows and store them: no atomics, no finishing launch)

@@ -548,24 +548,23 @@ def gqsa_task_gemv(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = N
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if own_rows:
         programs = max(1, triton.cdiv(w.nnz_groups, task))  # every row is stored, even with no groups stored
-    elif w.nnz_groups:
-        programs = triton.cdiv(w.nnz_groups, task)
+    else:
+        programs = triton.cdiv(w.nnz_groups, task)  # none without stored groups: splitk_finish writes the bias
         # rows add into a zeroed float32 workspace; splitk_finish casts, adds the bias and zeroes it again
         ws = splitk_workspace(x.device, m * n)
-    else:
-        return torch.zeros_like(y) if bias is None else (torch.zeros_like(y) + bias).to(y.dtype)
-    if rows is None:
-        rows = task_table(w, {"TASK": task, "OWN_ROWS": own_rows})
-    elif rows.numel() != programs + 1:
-        raise ValueError(f"task table has {rows.numel()} entries; TASK={task} over {w.nnz_groups} groups needs "
-                         f"{programs + 1}: it was built for another weight or config")
-    _task_gemv_kernel[(programs, triton.cdiv(m, block_m))](
-        x, _as_words(w), w.group_col, w.row_ptr, w.scale, w.zero, rows,
-        bias if bias is not None and own_rows else x, y if own_rows else ws,
-        w.nnz_groups, m, x.stride(0), y.stride(0) if own_rows else n, task, (1 << w.bits) - 1,
-        G=w.group_size, BITS=w.bits, BLOCK_M=block_m, OWN_ROWS=own_rows, HAS_BIAS=own_rows and bias is not None,
-        **cfg,
-    )
+    if programs:
+        if rows is None:
+            rows = task_table(w, {"TASK": task, "OWN_ROWS": own_rows})
+        elif rows.numel() != programs + 1:
+            raise ValueError(f"task table has {rows.numel()} entries; TASK={task} over {w.nnz_groups} groups needs "
+                             f"{programs + 1}: it was built for another weight or config")
+        _task_gemv_kernel[(programs, triton.cdiv(m, block_m))](
+            x, _as_words(w), w.group_col, w.row_ptr, w.scale, w.zero, rows,
+            bias if bias is not None and own_rows else x, y if own_rows else ws,
+            w.nnz_groups, m, x.stride(0), y.stride(0) if own_rows else n, task, (1 << w.bits) - 1,
+            G=w.group_size, BITS=w.bits, BLOCK_M=block_m, OWN_ROWS=own_rows, HAS_BIAS=own_rows and bias is not None,
+            **cfg,
+        )
     return y if own_rows else splitk_finish(ws, y, bias)
 
 

@@ -88,6 +88,21 @@ def _gqsa_task(args):
     return compile_sass(fn, sig, const, div, num_warps=2)
 
 
+def _gqsa_il(args):
+    from sparseflow.kernels.gqsa import interleaved as il
+    fn = il._interleaved_gemv_kernel
+    xdt = "*" + args.x
+    sig = dict(x_ptr=xdt, words_ptr="*u32", col_ptr="*i16", sz_ptr="*fp16", step_ptr="*i32", rows_ptr="*i32",
+               bias_ptr=xdt, y_ptr=xdt, M="i32", stride_xm="i32", stride_ym="i32", code_mask="u32",
+               G="constexpr", BITS="constexpr", T="constexpr", R="constexpr", BLOCK_M="constexpr",
+               HAS_BIAS="constexpr")
+    const = dict(G=16, BITS=4, T=args.block_u, R=args.block_u // args.lanes, BLOCK_M=args.block_m_gemv,
+                 HAS_BIAS=False)
+    div = ["x_ptr", "words_ptr", "col_ptr", "sz_ptr", "step_ptr", "rows_ptr", "bias_ptr", "y_ptr", "stride_xm",
+           "stride_ym"]
+    return compile_sass(fn, sig, const, div, num_warps=max(1, args.block_u // 32))
+
+
 def _nm24(args):
     from sparseflow.kernels.nm import triton_kernels as tk
     fn = tk._nm24_gemv_kernel
@@ -154,8 +169,8 @@ def _splitk_finish(args):
                         ["ws_ptr", "y_ptr", "N", "stride_ym"], num_warps=4)
 
 
-KERNELS = {"gqsa_task": _gqsa_task, "nm24": _nm24, "nm24sp": _nm24sp, "nm24sp_packed": _nm24sp_packed,
-           "gqsa_tile": _gqsa_tile, "splitk_finish": _splitk_finish}
+KERNELS = {"gqsa_task": _gqsa_task, "gqsa_il": _gqsa_il, "nm24": _nm24, "nm24sp": _nm24sp,
+           "nm24sp_packed": _nm24sp_packed, "gqsa_tile": _gqsa_tile, "splitk_finish": _splitk_finish}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -167,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--block-r", type=int, default=4)
     p.add_argument("--block-u", type=int, default=64)
     p.add_argument("--warps", type=int, default=4)
+    p.add_argument("--lanes", type=int, default=4, help="gqsa_il: lanes per row (S)")
+    p.add_argument("--block-m-gemv", type=int, default=1, help="gqsa_il: input rows per program (BLOCK_M)")
     p.add_argument("--blocks", type=int, default=1, help="nm24sp_packed: 8-row x blocks per program (MB)")
     p.add_argument("--block-m", type=int, default=32, help="gqsa_tile: rows of x per program")
     p.add_argument("--perm-x", action=argparse.BooleanOptionalAction, default=False,

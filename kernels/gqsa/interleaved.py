@@ -13,7 +13,8 @@ Layout (built once per weight by ``interleave``, kept in ``kernel_tables`` like 
   (``T = R * S`` threads per block, one program), lane ``s`` of a row takes the row's groups ``s, s+S, ...``;
 - a block runs ``L`` steps, ``L`` = its longest row's ``ceil(len / S)``; step ``p`` of block ``b`` is ``T``
   consecutive *slots* ``(step_ptr[b] + p) * T + r * S + s``, so a warp's loads of one step are contiguous;
-- slots past a row's end are padding: column 0, scale 0, zero 0, codes 0 (they weigh x by zero);
+- slots past a row's end are padding: column 0, scale 0, zero 0, codes 0 (they weigh x by zero), and so are two
+  steps after the last block (the GEMV prefetches two steps ahead);
 - per slot: the group's 32-bit code words ``words [slots, G*BITS/32]``, ``col int16 [slots]``, and
   ``scale_zero float16 [slots, 2]``; per block ``step_ptr int32 [B + 1]``; ``rows int32 [B, R]`` maps a block's
   row slot back to the weight's row (``-1``: none).
@@ -39,7 +40,8 @@ TENSOR_NAMES = ("il_words", "il_col", "il_scale_zero", "il_step_ptr", "il_rows")
 @dataclass
 class InterleavedRows:
     """The decode copy (module docstring). ``words [L*T, WPG]`` int32, ``col [L, T]`` int16, ``scale_zero
-    [L*T, 2]`` float16, ``step_ptr [B+1]`` int32, ``rows [B, R]`` int32; ``L`` = total steps, ``B`` = blocks."""
+    [L*T, 2]`` float16, ``step_ptr [B+1]`` int32, ``rows [B, R]`` int32; ``L`` = the blocks' steps plus two
+    padding steps, ``B`` = blocks."""
 
     words: torch.Tensor
     col: torch.Tensor
@@ -93,7 +95,7 @@ def interleave(w: GQSAWeight, lanes_per_row: int, threads: int = 64) -> Interlea
     step_ptr = torch.zeros(blocks + 1, dtype=torch.int64, device=dev)
     step_ptr[1:] = torch.cumsum(block_steps, 0)
     total = int(step_ptr[-1])
-    if total * t * wpg >= 2**31:
+    if (total + 2) * t * wpg >= 2**31:
         raise ValueError(f"interleaved GEMV indexes words with int32: {total * t} slots x {wpg} words is too many")
     # slot of every stored group: its row's rank in the sorted order gives (block, row slot); its place in the row
     # gives (step, lane)
@@ -104,14 +106,16 @@ def interleave(w: GQSAWeight, lanes_per_row: int, threads: int = 64) -> Interlea
     g_rank = rank[row_of_group]
     g_block, g_row = g_rank // r, g_rank % r
     slot = (step_ptr[g_block] + place // s) * t + g_row * s + place % s
-    words = torch.zeros(total * t, wpg, dtype=torch.int32, device=dev)
+    # two padding steps past the last block: the GEMV prefetches the next two steps unconditionally
+    slots = (total + 2) * t
+    words = torch.zeros(slots, wpg, dtype=torch.int32, device=dev)
     words[slot] = w.codes.reshape(w.nnz_groups, -1).view(torch.int32)
-    col = torch.zeros(total * t, dtype=torch.int16, device=dev)
+    col = torch.zeros(slots, dtype=torch.int16, device=dev)
     col[slot] = w.group_col
-    scale_zero = torch.zeros(total * t, 2, dtype=torch.float16, device=dev)
+    scale_zero = torch.zeros(slots, 2, dtype=torch.float16, device=dev)
     scale_zero[slot, 0] = w.scale
     scale_zero[slot, 1] = w.zero
-    return InterleavedRows(words, col.reshape(total, t), scale_zero, step_ptr.to(torch.int32),
+    return InterleavedRows(words, col.reshape(total + 2, t), scale_zero, step_ptr.to(torch.int32),
                            rows.reshape(blocks, r).to(torch.int32))
 
 
@@ -120,17 +124,17 @@ def dequantize_interleaved(il: InterleavedRows, w: GQSAWeight) -> torch.Tensor:
     from ..packing import unpack_codes
 
     t, s = il.threads, il.lanes_per_row
-    total = il.col.shape[0]
+    total = int(il.step_ptr[-1])  # the two padding steps after it belong to no block
     slots = torch.arange(total * t, device=il.col.device)
     step, lane = slots // t, slots % t
     block = torch.searchsorted(il.step_ptr.to(torch.int64), step, right=True) - 1
     row = il.rows.to(torch.int64)[block, lane // s]
-    sz = il.scale_zero.float()
-    q = unpack_codes(il.words.view(torch.uint8).reshape(total * t, -1), w.bits).float()
+    sz = il.scale_zero[: total * t].float()
+    q = unpack_codes(il.words[: total * t].view(torch.uint8).reshape(total * t, -1), w.bits).float()
     vals = (q - sz[:, 1:]) * sz[:, :1]
     out = torch.zeros(w.out_features, w.in_features, dtype=torch.float32, device=il.col.device)
     keep = (row >= 0) & (sz[:, 0] != 0)
-    cols = il.col.reshape(-1).to(torch.int64)[keep, None] * w.group_size + torch.arange(w.group_size,
+    cols = il.col.reshape(-1)[: total * t].to(torch.int64)[keep, None] * w.group_size + torch.arange(w.group_size,
                                                                                         device=out.device)
     out[row[keep, None], cols] = vals[keep]
     return out
@@ -256,28 +260,39 @@ def _dot_word(word, x_row, col, wj: tl.constexpr, magic, m_lo, m_hi, acc_lo, acc
 
 
 @triton.jit
-def _il_group(wp, cp, szp, x0, x1, x2, x3, code_mask,
-              G: tl.constexpr, BITS: tl.constexpr, BLOCK_M: tl.constexpr):
-    """One step: each thread's group (its words at ``wp``, column at ``cp``, scale and zero at ``szp``) dotted
-    with ``BLOCK_M`` rows of x, times its scale -> up to four ``[T]``."""
-    WPG: tl.constexpr = G * BITS // 32
-    CPW: tl.constexpr = 32 // BITS
-    pos, _ = _il_layout(tl.arange(0, CPW), BITS)
+def _il_fetch(wp, cp, szp, WPG: tl.constexpr):
+    """One step's per-thread group data: column (int32), scale and zero (float32), and its words (the first two;
+    wider groups are read in ``_il_group``)."""
     col = tl.load(cp).to(tl.int32) & 0xFFFF
     sz = tl.split(tl.load(szp[:, None] + tl.arange(0, 2)[None, :]))
-    s = sz[0].to(tl.float32)
+    if WPG == 2:  # the common g16 4-bit case: both words in one 64-bit load
+        w0, w1 = tl.split(tl.load(wp[:, None] + tl.arange(0, 2)[None, :]))
+    else:
+        w0 = tl.load(wp)
+        w1 = w0
+    return col, sz[0].to(tl.float32), sz[1].to(tl.float32), w0, w1
+
+
+@triton.jit
+def _il_group(fetched, wp, x0, x1, x2, x3, code_mask,
+              G: tl.constexpr, BITS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """One step: each thread's group (``_il_fetch``'s values; words past the first two at ``wp``) dotted with
+    ``BLOCK_M`` rows of x, times its scale -> up to four ``[T]``."""
+    WPG: tl.constexpr = G * BITS // 32
+    CPW: tl.constexpr = 32 // BITS
+    col, s, z, w0, w1 = fetched
+    pos, _ = _il_layout(tl.arange(0, CPW), BITS)
     # 2**23 + z * 2**pos: one FFMA per position class and group; then a code is one FADD from (q - z) * 2**pos
-    magic = sz[1].to(tl.float32)[:, None] * (1 << pos).to(tl.float32)[None, :] + 8388608.0
-    z = sz[1].to(tl.float32)
+    magic = z[:, None] * (1 << pos).to(tl.float32)[None, :] + 8388608.0
     m_lo = z * 4096.0 + 8388608.0
     m_hi = z * 65536.0 + 8388608.0
     zero = tl.zeros([col.shape[0]], dtype=tl.float32)
     lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3 = zero, zero, zero, zero, zero, zero, zero, zero
-    if WPG == 2:  # the common g16 4-bit case: both words in one 64-bit load
-        w01 = tl.split(tl.load(wp[:, None] + tl.arange(0, 2)[None, :]))
     for wj in tl.static_range(WPG):
-        if WPG == 2:
-            word = w01[wj].to(tl.uint32, bitcast=True)
+        if wj == 0:
+            word = w0.to(tl.uint32, bitcast=True)
+        elif wj == 1 and WPG == 2:
+            word = w1.to(tl.uint32, bitcast=True)
         else:
             word = tl.load(wp + wj).to(tl.uint32, bitcast=True)
         lo0, hi0 = _dot_word(word, x0, col, wj, magic, m_lo, m_hi, lo0, hi0, code_mask, G, BITS)
@@ -330,12 +345,21 @@ def _interleaved_gemv_kernel(
     wp = words_ptr + slot * WPG
     cp = col_ptr + slot
     szp = sz_ptr + slot * 2
+    # software pipeline: the next two steps' words, columns and scales are in flight while these two compute, so
+    # a step's x gathers issue at once (the arrays end with two padding steps: the last prefetch stays in bounds)
+    nxt_a = _il_fetch(wp, cp, szp, WPG)
+    nxt_c = _il_fetch(wp + T * WPG, cp + T, szp + 2 * T, WPG)
     for _ in range(p0, p1, 2):
-        a0, a1, a2, a3 = _il_group(wp, cp, szp, x0, x1, x2, x3, code_mask, G, BITS, BLOCK_M)
-        c0, c1, c2, c3 = _il_group(wp + T * WPG, cp + T, szp + 2 * T, x0, x1, x2, x3, code_mask, G, BITS, BLOCK_M)
+        cur_a = nxt_a
+        cur_c = nxt_c
+        wp_a = wp
         wp += 2 * T * WPG
         cp += 2 * T
         szp += 4 * T
+        nxt_a = _il_fetch(wp, cp, szp, WPG)
+        nxt_c = _il_fetch(wp + T * WPG, cp + T, szp + 2 * T, WPG)
+        a0, a1, a2, a3 = _il_group(cur_a, wp_a, x0, x1, x2, x3, code_mask, G, BITS, BLOCK_M)
+        c0, c1, c2, c3 = _il_group(cur_c, wp_a + T * WPG, x0, x1, x2, x3, code_mask, G, BITS, BLOCK_M)
         acc0 += a0 + c0
         if BLOCK_M > 1:
             acc1 += a1 + c1

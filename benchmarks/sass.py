@@ -93,7 +93,7 @@ def _gqsa_il(args):
     fn = il._interleaved_gemv_kernel
     xdt = "*" + args.x
     sig = dict(x_ptr=xdt, words_ptr="*u32", col_ptr="*i16", sz_ptr="*fp16", step_ptr="*i32", rows_ptr="*i32",
-               bias_ptr=xdt, y_ptr=xdt, M="i32", stride_xm="i32", stride_ym="i32", code_mask="u32",
+               bias_ptr=xdt, y_ptr=xdt, BLOCKS="i32", M="i32", stride_xm="i32", stride_ym="i32", code_mask="u32",
                G="constexpr", BITS="constexpr", T="constexpr", R="constexpr", BLOCK_M="constexpr",
                HAS_BIAS="constexpr")
     const = dict(G=16, BITS=4, T=args.block_u, R=args.block_u // args.lanes, BLOCK_M=args.block_m_gemv,

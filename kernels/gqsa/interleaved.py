@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .format import GQSAWeight
-from .triton_kernels import _x_group_word
+from .triton_kernels import _sm_count, _x_group_word
 
 TENSOR_NAMES = ("il_words", "il_col", "il_scale_zero", "il_step_ptr", "il_rows")
 
@@ -315,33 +315,21 @@ def _il_group(fetched, wp, x0, x1, x2, x3, code_mask,
 
 
 @triton.jit
-def _interleaved_gemv_kernel(
-    x_ptr, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr, bias_ptr, y_ptr,
-    M, stride_xm, stride_ym, code_mask,
-    G: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-):
-    """Program ``b`` runs block ``b``: every thread sums its lane's share of one row over the block's steps (two
-    per iteration: blocks have an even number), then a row's ``S`` lanes are added and the row is stored in y's
-    dtype with the bias. One decoded word serves ``BLOCK_M`` <= 4 input rows."""
+def _il_block(b, x0, x1, x2, x3, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr, bias_ptr, y_ptr, m0, M, stride_ym,
+              code_mask, G: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, R: tl.constexpr,
+              BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Block ``b``: every thread sums its lane's share of one row over the block's steps (two per iteration:
+    blocks have an even number), then a row's ``S`` lanes are added and the row is stored in y's dtype with the
+    bias."""
     S: tl.constexpr = T // R
-    b = tl.program_id(0)
-    pid_m = tl.program_id(1)
+    WPG: tl.constexpr = G * BITS // 32
     p0 = tl.load(step_ptr + b)
     p1 = tl.load(step_ptr + b + 1)
-    m0 = pid_m * BLOCK_M
-    # rows past M read row M-1 (in bounds, no mask needed); their sums are not stored
-    x0 = x_ptr + m0.to(tl.int64) * stride_xm
-    x1 = x_ptr + tl.minimum(m0 + 1, M - 1).to(tl.int64) * stride_xm
-    x2 = x_ptr + tl.minimum(m0 + 2, M - 1).to(tl.int64) * stride_xm
-    x3 = x_ptr + tl.minimum(m0 + 3, M - 1).to(tl.int64) * stride_xm
-    lanes = tl.arange(0, T)
     acc0 = tl.zeros([T], dtype=tl.float32)
     acc1 = tl.zeros([T], dtype=tl.float32)
     acc2 = tl.zeros([T], dtype=tl.float32)
     acc3 = tl.zeros([T], dtype=tl.float32)
-    WPG: tl.constexpr = G * BITS // 32
-    slot = p0 * T + lanes
+    slot = p0 * T + tl.arange(0, T)
     wp = words_ptr + slot * WPG
     cp = col_ptr + slot
     szp = sz_ptr + slot * 2
@@ -372,20 +360,44 @@ def _interleaved_gemv_kernel(
     bias = tl.zeros([R], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + rows, mask=keep, other=0.0).to(tl.float32)
+    # the chains carry 2**12 (_il_group)
     y0 = y_ptr + m0.to(tl.int64) * stride_ym + rows
-    acc0 *= 1.0 / 4096.0
-    acc1 *= 1.0 / 4096.0
-    acc2 *= 1.0 / 4096.0
-    acc3 *= 1.0 / 4096.0
-    tl.store(y0, (tl.sum(tl.reshape(acc0, (R, S)), axis=1) + bias).to(y_ptr.dtype.element_ty), mask=keep)
+    out0 = tl.sum(tl.reshape(acc0, (R, S)), axis=1) * (1.0 / 4096.0) + bias
+    tl.store(y0, out0.to(y_ptr.dtype.element_ty), mask=keep)
     if BLOCK_M > 1:
-        tl.store(y0 + stride_ym, (tl.sum(tl.reshape(acc1, (R, S)), axis=1) + bias).to(y_ptr.dtype.element_ty),
-                 mask=keep & (m_of + 1 < M))
+        out1 = tl.sum(tl.reshape(acc1, (R, S)), axis=1) * (1.0 / 4096.0) + bias
+        tl.store(y0 + stride_ym, out1.to(y_ptr.dtype.element_ty), mask=keep & (m_of + 1 < M))
     if BLOCK_M > 2:
-        tl.store(y0 + 2 * stride_ym, (tl.sum(tl.reshape(acc2, (R, S)), axis=1) + bias).to(y_ptr.dtype.element_ty),
-                 mask=keep & (m_of + 2 < M))
-        tl.store(y0 + 3 * stride_ym, (tl.sum(tl.reshape(acc3, (R, S)), axis=1) + bias).to(y_ptr.dtype.element_ty),
-                 mask=keep & (m_of + 3 < M))
+        out2 = tl.sum(tl.reshape(acc2, (R, S)), axis=1) * (1.0 / 4096.0) + bias
+        tl.store(y0 + 2 * stride_ym, out2.to(y_ptr.dtype.element_ty), mask=keep & (m_of + 2 < M))
+        out3 = tl.sum(tl.reshape(acc3, (R, S)), axis=1) * (1.0 / 4096.0) + bias
+        tl.store(y0 + 3 * stride_ym, out3.to(y_ptr.dtype.element_ty), mask=keep & (m_of + 3 < M))
+
+
+@triton.jit
+def _interleaved_gemv_kernel(
+    x_ptr, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr, bias_ptr, y_ptr,
+    BLOCKS, M, stride_xm, stride_ym, code_mask,
+    G: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
+    """Persistent programs: program ``t`` of ``P`` runs blocks ``t, t + P, ...`` (``_il_block``). A grid of one
+    block per program would end in a partial wave (H200: ~21 resident programs an SM, so 3584 blocks are 1.3
+    waves); striding keeps every SM busy to the end. One decoded word serves ``BLOCK_M`` <= 4 input rows."""
+    pid_m = tl.program_id(1)
+    m0 = pid_m * BLOCK_M
+    # rows past M read row M-1 (in bounds, no mask needed); their sums are not stored
+    x0 = x_ptr + m0.to(tl.int64) * stride_xm
+    x1 = x_ptr + tl.minimum(m0 + 1, M - 1).to(tl.int64) * stride_xm
+    x2 = x_ptr + tl.minimum(m0 + 2, M - 1).to(tl.int64) * stride_xm
+    x3 = x_ptr + tl.minimum(m0 + 3, M - 1).to(tl.int64) * stride_xm
+    for b in range(tl.program_id(0), BLOCKS, tl.num_programs(0)):
+        _il_block(b, x0, x1, x2, x3, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr, bias_ptr, y_ptr, m0, M,
+                  stride_ym, code_mask, G, BITS, T, R, BLOCK_M, HAS_BIAS)
+
+
+# 2-warp programs of <= 48 registers: 21 fit on an SM
+PROGRAMS_PER_SM = 21
 
 
 def interleaved_config(w: GQSAWeight, sms: int = 132) -> dict:
@@ -402,9 +414,10 @@ def interleaved_config(w: GQSAWeight, sms: int = 132) -> dict:
 
 
 def interleaved_gemv(x: torch.Tensor, w: GQSAWeight, il: InterleavedRows, bias: torch.Tensor | None = None,
-                     block_m: int | None = None) -> torch.Tensor:
+                     block_m: int | None = None, programs: int | None = None) -> torch.Tensor:
     """``x [M, K] @ W.T (+ bias) -> [M, N]`` for small M, reading the decode copy ``il = interleave(w, ...)``
-    (``w`` gives the shape, group size and bits; its own tensors are not read)."""
+    (``w`` gives the shape, group size and bits; its own tensors are not read). ``programs``: persistent
+    programs per input-row block (default: ``PROGRAMS_PER_SM`` per SM, at most one per block)."""
     m = x.shape[0]
     block_m = block_m or min(triton.next_power_of_2(m), 4)
     if block_m not in (1, 2, 4):
@@ -416,9 +429,13 @@ def interleaved_gemv(x: torch.Tensor, w: GQSAWeight, il: InterleavedRows, bias: 
     if x.dtype != torch.float32 and x.stride(0) % 2:
         x = x.contiguous()  # 16-bit x is read as 32-bit pairs
     y = torch.empty(m, w.out_features, dtype=x.dtype, device=x.device)
-    _interleaved_gemv_kernel[(il.rows.shape[0], triton.cdiv(m, block_m))](
+    blocks = il.rows.shape[0]
+    if programs is None:
+        sms = _sm_count(x.device.index) if x.device.type == "cuda" else 132
+        programs = sms * PROGRAMS_PER_SM
+    _interleaved_gemv_kernel[(max(1, min(blocks, programs)), triton.cdiv(m, block_m))](
         x, il.words, il.col, il.scale_zero, il.step_ptr, il.rows, bias if bias is not None else x, y,
-        m, x.stride(0), y.stride(0), (1 << w.bits) - 1,
+        blocks, m, x.stride(0), y.stride(0), (1 << w.bits) - 1,
         G=w.group_size, BITS=w.bits, T=il.threads, R=il.rows_per_block, BLOCK_M=block_m,
         HAS_BIAS=bias is not None, num_warps=max(1, il.threads // 32),
     )

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 SHAPES = [(28672, 8192), (8192, 28672), (4096, 14336), (14336, 4096), (4096, 4096), (6144, 4096), (28672, 4096)]
-CONFIGS = [(s, 64) for s in (4, 8, 16, 32, 64)]
+CONFIGS = [(s, 64) for s in (4, 8, 16, 32)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,24 +46,24 @@ def main(argv: list[str] | None = None) -> None:
             dense_us, int4_us = (r.ms * 1e3 for r in peer_rows)
             old_us = time_graph_ms([lambda q=q, t=t: gqsa_linear(x, q, tables=t) for q, t in pool]) * 1e3
             configs = CONFIGS if m == 1 else [(s, 64) for s in (4, 8, 16, 32)]
-            variants = {1: [(None, None), (None, 10 * 132)], 2: [(None, None)], 4: [(None, None), (2, None)]}[m]
-            for (s, t), (bm, progs) in [(c, v) for c in configs for v in variants]:
+            variants = {1: [(None, 1), (None, 2)], 2: [(None, 1), (None, 2)], 4: [(None, 1), (2, 1), (None, 2)]}[m]
+            for (s, t), (bm, pf) in [(c, v) for c in configs for v in variants]:
                 if w.nnz_groups / n / s < 1:
                     continue
                 il = interleave(w, s, t)
-                err = rel_error(interleaved_gemv(x, w, il, block_m=bm, programs=progs).float(), ref)
+                err = rel_error(interleaved_gemv(x, w, il, block_m=bm, prefetch=pf).float(), ref)
                 copies = [il] + [replace(il, **{f: getattr(il, f).clone() for f in
                                                 ("words", "col", "scale_zero", "step_ptr", "rows")})
                                  for _ in range(_copies(il.storage_bytes()) - 1)]
-                us = time_graph_ms([lambda c=c: interleaved_gemv(x, w, c, block_m=bm, programs=progs)
+                us = time_graph_ms([lambda c=c: interleaved_gemv(x, w, c, block_m=bm, prefetch=pf)
                                      for c in copies]) * 1e3
-                row = dict(n=n, k=k, m=m, lanes=s, threads=t, block_m=bm or min(m, 4), programs=progs, us=us,
+                row = dict(n=n, k=k, m=m, lanes=s, threads=t, block_m=bm or min(m, 4), prefetch=pf, us=us,
                            task_us=old_us, dense_us=dense_us,
                            int4_us=int4_us, floor_us=floor_us, il_bytes=il.storage_bytes(),
                            csr_bytes=w.storage_bytes(), rel_err=err, default=(s, t) == (default["lanes_per_row"],
                                                                                           default["threads"]))
                 results.append(row)
-                print(f"{n}x{k} M={m} S={s:2d} T={t:3d} BM={row['block_m']} P={progs}: {us:6.1f} us  "
+                print(f"{n}x{k} M={m} S={s:2d} T={t:3d} BM={row['block_m']} PF={pf}: {us:6.1f} us  "
                       f"task {old_us:6.1f}  dense {dense_us:6.1f} "
                       f"({dense_us / us:.2f}x)  int4 {int4_us:6.1f} ({int4_us / us:.2f}x)  "
                       f"{floor_us / us:.0%} of floor  bytes x{il.storage_bytes() / w.storage_bytes():.3f}  "

@@ -14,7 +14,7 @@ Layout (built once per weight by ``interleave``, kept in ``kernel_tables`` like 
 - a block runs ``L`` steps, ``L`` = its longest row's ``ceil(len / S)``; step ``p`` of block ``b`` is ``T``
   consecutive *slots* ``(step_ptr[b] + p) * T + r * S + s``, so a warp's loads of one step are contiguous;
 - slots past a row's end are padding: column 0, scale 0, zero 0, codes 0 (they weigh x by zero), and so are two
-  steps after the last block (the GEMV prefetches two steps ahead);
+  steps after the last block (``PAD_STEPS``: the GEMV prefetches up to four steps ahead);
 - per slot: the group's 32-bit code words ``words [slots, G*BITS/32]``, ``col int16 [slots]``, and
   ``scale_zero float16 [slots, 2]``; per block ``step_ptr int32 [B + 1]``; ``rows int32 [B, R]`` maps a block's
   row slot back to the weight's row (``-1``: none).
@@ -32,8 +32,11 @@ import triton
 import triton.language as tl
 
 from .format import GQSAWeight
-from .triton_kernels import _sm_count, _x_group_word
+from .triton_kernels import _x_group_word
 
+# the GEMV prefetches up to two iterations (four steps) ahead; the copy ends with that many padding steps
+MAX_PREFETCH = 2
+PAD_STEPS = 2 * MAX_PREFETCH
 TENSOR_NAMES = ("il_words", "il_col", "il_scale_zero", "il_step_ptr", "il_rows")
 
 
@@ -41,7 +44,7 @@ TENSOR_NAMES = ("il_words", "il_col", "il_scale_zero", "il_step_ptr", "il_rows")
 class InterleavedRows:
     """The decode copy (module docstring). ``words [L*T, WPG]`` int32, ``col [L, T]`` int16, ``scale_zero
     [L*T, 2]`` float16, ``step_ptr [B+1]`` int32, ``rows [B, R]`` int32; ``L`` = the blocks' steps plus two
-    padding steps, ``B`` = blocks."""
+    padding steps (``PAD_STEPS``), ``B`` = blocks."""
 
     words: torch.Tensor
     col: torch.Tensor
@@ -95,7 +98,7 @@ def interleave(w: GQSAWeight, lanes_per_row: int, threads: int = 64) -> Interlea
     step_ptr = torch.zeros(blocks + 1, dtype=torch.int64, device=dev)
     step_ptr[1:] = torch.cumsum(block_steps, 0)
     total = int(step_ptr[-1])
-    if (total + 2) * t * wpg >= 2**31:
+    if (total + PAD_STEPS) * t * wpg >= 2**31:
         raise ValueError(f"interleaved GEMV indexes words with int32: {total * t} slots x {wpg} words is too many")
     # slot of every stored group: its row's rank in the sorted order gives (block, row slot); its place in the row
     # gives (step, lane)
@@ -106,8 +109,8 @@ def interleave(w: GQSAWeight, lanes_per_row: int, threads: int = 64) -> Interlea
     g_rank = rank[row_of_group]
     g_block, g_row = g_rank // r, g_rank % r
     slot = (step_ptr[g_block] + place // s) * t + g_row * s + place % s
-    # two padding steps past the last block: the GEMV prefetches the next two steps unconditionally
-    slots = (total + 2) * t
+    # padding steps past the last block: the GEMV prefetches up to 2 * MAX_PREFETCH steps unconditionally
+    slots = (total + PAD_STEPS) * t
     words = torch.zeros(slots, wpg, dtype=torch.int32, device=dev)
     words[slot] = w.codes.reshape(w.nnz_groups, -1).view(torch.int32)
     col = torch.zeros(slots, dtype=torch.int16, device=dev)
@@ -115,7 +118,7 @@ def interleave(w: GQSAWeight, lanes_per_row: int, threads: int = 64) -> Interlea
     scale_zero = torch.zeros(slots, 2, dtype=torch.float16, device=dev)
     scale_zero[slot, 0] = w.scale
     scale_zero[slot, 1] = w.zero
-    return InterleavedRows(words, col.reshape(total + 2, t), scale_zero, step_ptr.to(torch.int32),
+    return InterleavedRows(words, col.reshape(total + PAD_STEPS, t), scale_zero, step_ptr.to(torch.int32),
                            rows.reshape(blocks, r).to(torch.int32))
 
 
@@ -124,7 +127,7 @@ def dequantize_interleaved(il: InterleavedRows, w: GQSAWeight) -> torch.Tensor:
     from ..packing import unpack_codes
 
     t, s = il.threads, il.lanes_per_row
-    total = int(il.step_ptr[-1])  # the two padding steps after it belong to no block
+    total = int(il.step_ptr[-1])  # the padding steps after it belong to no block
     slots = torch.arange(total * t, device=il.col.device)
     step, lane = slots // t, slots % t
     block = torch.searchsorted(il.step_ptr.to(torch.int64), step, right=True) - 1
@@ -317,7 +320,7 @@ def _il_group(fetched, wp, x0, x1, x2, x3, code_mask,
 @triton.jit
 def _il_block(b, x0, x1, x2, x3, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr, bias_ptr, y_ptr, m0, M, stride_ym,
               code_mask, G: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, R: tl.constexpr,
-              BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr):
+              BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr):
     """Block ``b``: every thread sums its lane's share of one row over the block's steps (two per iteration:
     blocks have an even number), then a row's ``S`` lanes are added and the row is stored in y's dtype with the
     bias."""
@@ -333,10 +336,16 @@ def _il_block(b, x0, x1, x2, x3, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr,
     wp = words_ptr + slot * WPG
     cp = col_ptr + slot
     szp = sz_ptr + slot * 2
-    # software pipeline: the next two steps' words, columns and scales are in flight while these two compute, so
-    # a step's x gathers issue at once (the arrays end with two padding steps: the last prefetch stays in bounds)
+    # software pipeline: the words, columns and scales of the next 2 * PREFETCH steps are in flight while these two
+    # compute, so a step's x gathers issue at once (the arrays end with 2 * MAX_PREFETCH padding steps, so the
+    # last prefetches stay in bounds)
     nxt_a = _il_fetch(wp, cp, szp, WPG)
     nxt_c = _il_fetch(wp + T * WPG, cp + T, szp + 2 * T, WPG)
+    far_a = nxt_a
+    far_c = nxt_c
+    if PREFETCH == 2:
+        far_a = _il_fetch(wp + 2 * T * WPG, cp + 2 * T, szp + 4 * T, WPG)
+        far_c = _il_fetch(wp + 3 * T * WPG, cp + 3 * T, szp + 6 * T, WPG)
     for _ in range(p0, p1, 2):
         cur_a = nxt_a
         cur_c = nxt_c
@@ -344,8 +353,14 @@ def _il_block(b, x0, x1, x2, x3, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr,
         wp += 2 * T * WPG
         cp += 2 * T
         szp += 4 * T
-        nxt_a = _il_fetch(wp, cp, szp, WPG)
-        nxt_c = _il_fetch(wp + T * WPG, cp + T, szp + 2 * T, WPG)
+        if PREFETCH == 2:
+            nxt_a = far_a
+            nxt_c = far_c
+            far_a = _il_fetch(wp + 2 * T * WPG, cp + 2 * T, szp + 4 * T, WPG)
+            far_c = _il_fetch(wp + 3 * T * WPG, cp + 3 * T, szp + 6 * T, WPG)
+        else:
+            nxt_a = _il_fetch(wp, cp, szp, WPG)
+            nxt_c = _il_fetch(wp + T * WPG, cp + T, szp + 2 * T, WPG)
         a0, a1, a2, a3 = _il_group(cur_a, wp_a, x0, x1, x2, x3, code_mask, G, BITS, BLOCK_M)
         c0, c1, c2, c3 = _il_group(cur_c, wp_a + T * WPG, x0, x1, x2, x3, code_mask, G, BITS, BLOCK_M)
         acc0 += a0 + c0
@@ -379,11 +394,11 @@ def _interleaved_gemv_kernel(
     x_ptr, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr, bias_ptr, y_ptr,
     BLOCKS, M, stride_xm, stride_ym, code_mask,
     G: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr,
 ):
-    """Persistent programs: program ``t`` of ``P`` runs blocks ``t, t + P, ...`` (``_il_block``). A grid of one
-    block per program would end in a partial wave (H200: ~21 resident programs an SM, so 3584 blocks are 1.3
-    waves); striding keeps every SM busy to the end. One decoded word serves ``BLOCK_M`` <= 4 input rows."""
+    """Program ``t`` of ``P`` runs blocks ``t, t + P, ...`` (``_il_block``); by default ``P`` is the number of
+    blocks. Fewer, persistent programs were no faster on the H200 (each block's first fetch is exposed again).
+    One decoded word serves ``BLOCK_M`` <= 4 input rows."""
     pid_m = tl.program_id(1)
     m0 = pid_m * BLOCK_M
     # rows past M read row M-1 (in bounds, no mask needed); their sums are not stored
@@ -393,11 +408,7 @@ def _interleaved_gemv_kernel(
     x3 = x_ptr + tl.minimum(m0 + 3, M - 1).to(tl.int64) * stride_xm
     for b in range(tl.program_id(0), BLOCKS, tl.num_programs(0)):
         _il_block(b, x0, x1, x2, x3, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr, bias_ptr, y_ptr, m0, M,
-                  stride_ym, code_mask, G, BITS, T, R, BLOCK_M, HAS_BIAS)
-
-
-# 2-warp programs of <= 48 registers: 21 fit on an SM
-PROGRAMS_PER_SM = 21
+                  stride_ym, code_mask, G, BITS, T, R, BLOCK_M, HAS_BIAS, PREFETCH)
 
 
 def interleaved_config(w: GQSAWeight, sms: int = 132) -> dict:
@@ -414,10 +425,11 @@ def interleaved_config(w: GQSAWeight, sms: int = 132) -> dict:
 
 
 def interleaved_gemv(x: torch.Tensor, w: GQSAWeight, il: InterleavedRows, bias: torch.Tensor | None = None,
-                     block_m: int | None = None, programs: int | None = None) -> torch.Tensor:
+                     block_m: int | None = None, programs: int | None = None, prefetch: int = 1) -> torch.Tensor:
     """``x [M, K] @ W.T (+ bias) -> [M, N]`` for small M, reading the decode copy ``il = interleave(w, ...)``
     (``w`` gives the shape, group size and bits; its own tensors are not read). ``programs``: persistent
-    programs per input-row block (default: ``PROGRAMS_PER_SM`` per SM, at most one per block)."""
+    programs per input-row block (default: one per row block); ``prefetch``: iterations of two steps whose
+    weight data is loaded ahead (1 or 2)."""
     m = x.shape[0]
     block_m = block_m or min(triton.next_power_of_2(m), 4)
     if block_m not in (1, 2, 4):
@@ -430,13 +442,13 @@ def interleaved_gemv(x: torch.Tensor, w: GQSAWeight, il: InterleavedRows, bias: 
         x = x.contiguous()  # 16-bit x is read as 32-bit pairs
     y = torch.empty(m, w.out_features, dtype=x.dtype, device=x.device)
     blocks = il.rows.shape[0]
-    if programs is None:
-        sms = _sm_count(x.device.index) if x.device.type == "cuda" else 132
-        programs = sms * PROGRAMS_PER_SM
+    if prefetch not in (1, 2):
+        raise ValueError(f"prefetch={prefetch}: 1 or 2 iterations ahead")
+    programs = blocks if programs is None else programs
     _interleaved_gemv_kernel[(max(1, min(blocks, programs)), triton.cdiv(m, block_m))](
         x, il.words, il.col, il.scale_zero, il.step_ptr, il.rows, bias if bias is not None else x, y,
         blocks, m, x.stride(0), y.stride(0), (1 << w.bits) - 1,
         G=w.group_size, BITS=w.bits, T=il.threads, R=il.rows_per_block, BLOCK_M=block_m,
-        HAS_BIAS=bias is not None, num_warps=max(1, il.threads // 32),
+        HAS_BIAS=bias is not None, PREFETCH=prefetch, num_warps=max(1, il.threads // 32),
     )
     return y

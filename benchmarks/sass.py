@@ -95,9 +95,9 @@ def _gqsa_il(args):
     sig = dict(x_ptr=xdt, words_ptr="*u32", col_ptr="*i16", sz_ptr="*fp16", step_ptr="*i32", rows_ptr="*i32",
                bias_ptr=xdt, y_ptr=xdt, BLOCKS="i32", M="i32", stride_xm="i32", stride_ym="i32", code_mask="u32",
                G="constexpr", BITS="constexpr", T="constexpr", R="constexpr", BLOCK_M="constexpr",
-               HAS_BIAS="constexpr", PREFETCH="constexpr")
+               HAS_BIAS="constexpr", PREFETCH="constexpr", WEIGHT_CG="constexpr")
     const = dict(G=16, BITS=4, T=args.block_u, R=args.block_u // args.lanes, BLOCK_M=args.block_m_gemv,
-                 HAS_BIAS=False, PREFETCH=args.prefetch)
+                 HAS_BIAS=False, PREFETCH=args.prefetch, WEIGHT_CG=True)
     div = ["x_ptr", "words_ptr", "col_ptr", "sz_ptr", "step_ptr", "rows_ptr", "bias_ptr", "y_ptr", "stride_xm",
            "stride_ym"]
     return compile_sass(fn, sig, const, div, num_warps=max(1, args.block_u // 32))

@@ -107,13 +107,14 @@ def test_tile_matmul_refuses_a_foreign_bitmap_and_3_bit_codes():
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="gqsa_linear dispatches to Triton on CUDA only")
-@pytest.mark.parametrize("m", [5, 8, 32, 129, 300])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 32, 129, 300])
 def test_gqsa_linear_dispatch_with_kernel_tables_matches_reference(m):
     from sparseflow.kernels.gqsa import gqsa_linear, kernel_tables
 
     w = _weight(300, 1024, 4, 16, 0.5)
     tables = kernel_tables(w)
-    assert {"group_mask", "group_prefix", "task_rows"} <= set(tables)
+    expected = {"group_mask", "group_prefix", "il_words", "il_col", "il_scale_zero", "il_step_ptr", "il_rows"}
+    assert expected <= set(tables)
     x = torch.randn(m, 1024, device=DEVICE, dtype=torch.bfloat16)
     y = gqsa_linear(x, w, tables=tables)
     assert_close(y.float(), gqsa_linear_reference(x.float(), w), torch.bfloat16, name=f"gqsa_linear M={m}")

@@ -14,6 +14,7 @@ import sparseflow.kernels.ops  # noqa: F401  (registers torch.ops.sparseflow.*)
 import torch
 from sparseflow.kernels.gqsa import FORMAT_NAME, GQSACheckpointConfig, GQSAWeight, kernel_tables
 from sparseflow.kernels.gqsa.format import TENSOR_DTYPES
+from sparseflow.kernels.gqsa.interleaved import TENSOR_NAMES as IL_TENSOR_NAMES
 
 from ._collected import CollectedLinearMethod, CollectedQuantConfig, keep_tables
 
@@ -40,14 +41,19 @@ class GQSALinearMethod(CollectedLinearMethod):
 
     def after_loading(self, layer: torch.nn.Module) -> None:
         # before CUDA-graph capture: no table is built inside the captured step
-        keep_tables(layer, kernel_tables(self.weight(layer)), ("task_rows", "group_mask", "group_prefix"))
+        keep_tables(layer, kernel_tables(self.weight(layer)), _TABLES)
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         c = self.checkpoint
         return torch.ops.sparseflow.gqsa_linear(x, layer.codes, layer.group_col, layer.row_ptr, layer.scale,
                                                 layer.zero, bias, layer.sf_task_rows, layer.sf_group_mask,
-                                                layer.sf_group_prefix, layer.sf_in_features,
-                                                c.group_size, c.bits)
+                                                layer.sf_group_prefix, layer.sf_il_words, layer.sf_il_col,
+                                                layer.sf_il_scale_zero, layer.sf_il_step_ptr, layer.sf_il_rows,
+                                                layer.sf_in_features, c.group_size, c.bits)
+
+
+# every kernel_tables entry the op takes (the decode copy's il_* five among them)
+_TABLES = ("task_rows", "group_mask", "group_prefix", *IL_TENSOR_NAMES)
 
 
 class GQSAConfig(CollectedQuantConfig):

@@ -53,9 +53,11 @@ __all__ = [
 # dequantize+tl.dot kernel (e.g. 28672x8192, M=2: 0.41 ms vs 0.46 / 0.49), so the fused kernel is not
 # dispatched to until it is faster.
 DENSE_GEMV_MAX_M = 1
-# Pruned weights whose groups are whole 32-bit words take the task-centric GEMV up to this M (H200, W4S50
-# g16, commit f54fb69: at M=4 it beats dequantize + cuBLAS on every shape, 0.28 vs 0.31-0.45 ms on the
-# largest; at M=16 it is 2.4x slower: each input row re-reads the weight).
+# Pruned weights whose groups are whole 32-bit words take a decode GEMV up to this M: the interleaved-rows GEMV
+# when kernel_tables built its decode copy, else the task GEMV (H200, W4S50 g16, commit f54fb69: at M=4 the task
+# GEMV beats dequantize + cuBLAS on every shape, 0.28 vs 0.31-0.45 ms on the largest; at M=16 it is 2.4x slower:
+# each input row re-reads the weight). The interleaved GEMV is faster than the task GEMV at M = 1, 2 and 4 on
+# every measured shape (benchmarks/NOTES.md item 31).
 TASK_GEMV_MAX_M = 4
 # Pruned weights past the task GEMV take the tensor-core tile matmul (tile_matmul.py) up to this M, then
 # dequantize + cuBLAS. H200, Llama-3-8B shapes, W4S50 g16, with the fast 4-bit decode (commit 4675236,
@@ -81,19 +83,21 @@ def _triton_path(w: GQSAWeight, device: torch.device) -> bool:
 def kernel_tables(w: GQSAWeight) -> dict[str, torch.Tensor]:
     """Per-weight tensors the CUDA kernels read besides the format's own, built once after loading and passed to
     every ``gqsa_linear`` call (building them per call costs several small launches, and vLLM captures CUDA graphs
-    after loading): the task GEMV's chunk-to-row table ``task_rows`` and the tile matmul's ``group_mask`` /
-    ``group_prefix``. Empty off CUDA or where no kernel needs one."""
+    after loading): the decode GEMV's interleaved-rows copy (``il_*``, ``interleaved.TENSOR_NAMES``; about as large
+    as the weight itself) and the tile matmul's ``group_mask`` / ``group_prefix``. Empty off CUDA or where no
+    kernel needs one."""
     from .tile_matmul import group_bitmap, tile_supported
 
     if w.device.type != "cuda" or not tile_supported(w):
         return {}
-    from .triton_kernels import dense_groups_supported, task_gemv_config, task_table
+    from .interleaved import interleave, interleaved_config
+    from .triton_kernels import dense_groups_supported
 
     if dense_groups_supported(w):
         return {}
     tables = group_bitmap(w)
     if (w.group_size * w.bits) % 32 == 0:
-        tables["task_rows"] = task_table(w, task_gemv_config(w))
+        tables.update(interleave(w, **interleaved_config(w)).tables())
     return tables
 
 
@@ -121,6 +125,7 @@ def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None
     check_linear_inputs(x, w, bias)
     if not _triton_path(w, x.device):
         return gqsa_linear_reference(x, w, bias)
+    from .interleaved import InterleavedRows, interleaved_gemv
     from .tile_matmul import gqsa_tile_matmul, tile_supported
     from .triton_kernels import (
         dense_groups_supported,
@@ -136,10 +141,13 @@ def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None
     if dense_groups_supported(w) and m <= DENSE_GEMV_MAX_M:
         y = gqsa_dense_gemv(x2, w, bias)
     elif not dense_groups_supported(w) and m <= TASK_GEMV_MAX_M and (w.group_size * w.bits) % 32 == 0:
-        rows = (tables or {}).get("task_rows")
-        if rows is None:
-            info_once("gqsa: no kernel_tables(w) passed; the decode GEMV rebuilds its task table on every call")
-        y = gqsa_task_gemv(x2, w, bias, rows=rows)
+        if tables and "il_words" in tables:
+            y = interleaved_gemv(x2, w, InterleavedRows.from_tables(tables), bias)
+        else:
+            # building the decode copy takes a sort and a scatter: not per call. The task GEMV reads the format as is.
+            info_once("gqsa: no kernel_tables(w) passed; decode takes the task GEMV (slower than the interleaved "
+                      "GEMV kernel_tables enables) and rebuilds its task table on every call")
+            y = gqsa_task_gemv(x2, w, bias, rows=(tables or {}).get("task_rows"))
     elif not dense_groups_supported(w) and m <= TILE_MATMUL_MAX_M and tile_supported(w):
         bitmap = None
         if tables and "group_mask" in tables:

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .format import GQSAWeight
-from .triton_kernels import _x_group_word
+from .triton_kernels import _sm_count, _x_group_word
 
 # the GEMV prefetches up to two iterations (four steps) ahead; the copy ends with that many padding steps
 MAX_PREFETCH = 2
@@ -263,15 +263,17 @@ def _dot_word(word, x_row, col, wj: tl.constexpr, magic, m_lo, m_hi, acc_lo, acc
 
 
 @triton.jit
-def _il_fetch(wp, cp, szp, WPG: tl.constexpr):
+def _il_fetch(wp, cp, szp, WPG: tl.constexpr, WEIGHT_CG: tl.constexpr):
     """One step's per-thread group data: column (int32), scale and zero (float32), and its words (the first two;
-    wider groups are read in ``_il_group``)."""
-    col = tl.load(cp).to(tl.int32) & 0xFFFF
-    sz = tl.split(tl.load(szp[:, None] + tl.arange(0, 2)[None, :]))
+    wider groups are read in ``_il_group``). ``WEIGHT_CG``: read them through L2 only (``ld.global.cg``): each
+    byte is read once, and in L1 it would only evict the x values every group gathers."""
+    CACHE: tl.constexpr = ".cg" if WEIGHT_CG else ""
+    col = tl.load(cp, cache_modifier=CACHE).to(tl.int32) & 0xFFFF
+    sz = tl.split(tl.load(szp[:, None] + tl.arange(0, 2)[None, :], cache_modifier=CACHE))
     if WPG == 2:  # the common g16 4-bit case: both words in one 64-bit load
-        w0, w1 = tl.split(tl.load(wp[:, None] + tl.arange(0, 2)[None, :]))
+        w0, w1 = tl.split(tl.load(wp[:, None] + tl.arange(0, 2)[None, :], cache_modifier=CACHE))
     else:
-        w0 = tl.load(wp)
+        w0 = tl.load(wp, cache_modifier=CACHE)
         w1 = w0
     return col, sz[0].to(tl.float32), sz[1].to(tl.float32), w0, w1
 
@@ -320,7 +322,7 @@ def _il_group(fetched, wp, x0, x1, x2, x3, code_mask,
 @triton.jit
 def _il_block(b, x0, x1, x2, x3, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr, bias_ptr, y_ptr, m0, M, stride_ym,
               code_mask, G: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, R: tl.constexpr,
-              BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr):
+              BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr, WEIGHT_CG: tl.constexpr):
     """Block ``b``: every thread sums its lane's share of one row over the block's steps (two per iteration:
     blocks have an even number), then a row's ``S`` lanes are added and the row is stored in y's dtype with the
     bias."""
@@ -339,13 +341,13 @@ def _il_block(b, x0, x1, x2, x3, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr,
     # software pipeline: the words, columns and scales of the next 2 * PREFETCH steps are in flight while these two
     # compute, so a step's x gathers issue at once (the arrays end with 2 * MAX_PREFETCH padding steps, so the
     # last prefetches stay in bounds)
-    nxt_a = _il_fetch(wp, cp, szp, WPG)
-    nxt_c = _il_fetch(wp + T * WPG, cp + T, szp + 2 * T, WPG)
+    nxt_a = _il_fetch(wp, cp, szp, WPG, WEIGHT_CG)
+    nxt_c = _il_fetch(wp + T * WPG, cp + T, szp + 2 * T, WPG, WEIGHT_CG)
     far_a = nxt_a
     far_c = nxt_c
     if PREFETCH == 2:
-        far_a = _il_fetch(wp + 2 * T * WPG, cp + 2 * T, szp + 4 * T, WPG)
-        far_c = _il_fetch(wp + 3 * T * WPG, cp + 3 * T, szp + 6 * T, WPG)
+        far_a = _il_fetch(wp + 2 * T * WPG, cp + 2 * T, szp + 4 * T, WPG, WEIGHT_CG)
+        far_c = _il_fetch(wp + 3 * T * WPG, cp + 3 * T, szp + 6 * T, WPG, WEIGHT_CG)
     for _ in range(p0, p1, 2):
         cur_a = nxt_a
         cur_c = nxt_c
@@ -356,11 +358,11 @@ def _il_block(b, x0, x1, x2, x3, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr,
         if PREFETCH == 2:
             nxt_a = far_a
             nxt_c = far_c
-            far_a = _il_fetch(wp + 2 * T * WPG, cp + 2 * T, szp + 4 * T, WPG)
-            far_c = _il_fetch(wp + 3 * T * WPG, cp + 3 * T, szp + 6 * T, WPG)
+            far_a = _il_fetch(wp + 2 * T * WPG, cp + 2 * T, szp + 4 * T, WPG, WEIGHT_CG)
+            far_c = _il_fetch(wp + 3 * T * WPG, cp + 3 * T, szp + 6 * T, WPG, WEIGHT_CG)
         else:
-            nxt_a = _il_fetch(wp, cp, szp, WPG)
-            nxt_c = _il_fetch(wp + T * WPG, cp + T, szp + 2 * T, WPG)
+            nxt_a = _il_fetch(wp, cp, szp, WPG, WEIGHT_CG)
+            nxt_c = _il_fetch(wp + T * WPG, cp + T, szp + 2 * T, WPG, WEIGHT_CG)
         a0, a1, a2, a3 = _il_group(cur_a, wp_a, x0, x1, x2, x3, code_mask, G, BITS, BLOCK_M)
         c0, c1, c2, c3 = _il_group(cur_c, wp_a + T * WPG, x0, x1, x2, x3, code_mask, G, BITS, BLOCK_M)
         acc0 += a0 + c0
@@ -394,7 +396,7 @@ def _interleaved_gemv_kernel(
     x_ptr, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr, bias_ptr, y_ptr,
     BLOCKS, M, stride_xm, stride_ym, code_mask,
     G: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
-    HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr, WEIGHT_CG: tl.constexpr,
 ):
     """Program ``t`` of ``P`` runs blocks ``t, t + P, ...`` (``_il_block``); by default ``P`` is the number of
     blocks. Fewer, persistent programs were no faster on the H200 (each block's first fetch is exposed again).
@@ -408,30 +410,46 @@ def _interleaved_gemv_kernel(
     x3 = x_ptr + tl.minimum(m0 + 3, M - 1).to(tl.int64) * stride_xm
     for b in range(tl.program_id(0), BLOCKS, tl.num_programs(0)):
         _il_block(b, x0, x1, x2, x3, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr, bias_ptr, y_ptr, m0, M,
-                  stride_ym, code_mask, G, BITS, T, R, BLOCK_M, HAS_BIAS, PREFETCH)
+                  stride_ym, code_mask, G, BITS, T, R, BLOCK_M, HAS_BIAS, PREFETCH, WEIGHT_CG)
 
 
-def interleaved_config(w: GQSAWeight, sms: int = 132) -> dict:
-    """Lanes per row ``S`` and threads per program ``T`` for ``interleave``: enough threads to fill the GPU
-    (about 16 warps per SM at M=1), each walking at least a few steps."""
-    target = sms * 16 * 32
+# threads a decode copy aims for, per SM: about 22 warps (H200, W4S50 g16, M=1, probe_interleaved JSON): the best
+# lanes per row on every measured shape is the fewest giving that many
+THREADS_PER_SM = 704
+
+
+def interleaved_config(w: GQSAWeight, sms: int | None = None) -> dict:
+    """``lanes_per_row`` and ``threads`` for ``interleave(w, ...)``: the fewest lanes per row (a power of two, 1-32)
+    that give ``THREADS_PER_SM`` threads per SM, halved while a lane would walk fewer than 4 groups. H200, M=1:
+    28672x8192 -> 4 lanes (35.4 us), 8192x28672 -> 16 (35.7), 4096x14336 -> 32 (12.1), 14336x4096 -> 8 (11.9),
+    6144x4096 -> 16 (7.2), 4096x4096 -> 32 (6.4); the next power of two either way was 5-40% slower."""
+    if sms is None:
+        sms = _sm_count(w.device.index) if w.device.type == "cuda" else 132
     lanes = 1
-    while lanes < 32 and w.out_features * lanes < target:
+    while lanes < 32 and w.out_features * lanes < sms * THREADS_PER_SM:
         lanes *= 2
     mean_row = w.nnz_groups / max(1, w.out_features)
-    while lanes > 1 and mean_row / lanes < 8:
+    while lanes > 1 and mean_row / lanes < 4:
         lanes //= 2
     return dict(lanes_per_row=lanes, threads=64)
 
 
+def default_block_m(m: int, il: InterleavedRows) -> int:
+    """Input rows per program: up to 2 where blocks hold many rows (few lanes each), else up to 4. H200, M=4:
+    28672x8192 with 4 lanes 104 us with 2 rows against 128 with 4; 4096x14336 with 16 lanes 29.5 against 38.7."""
+    cap = 2 if il.lanes_per_row <= 8 else 4
+    return min(triton.next_power_of_2(m), cap)
+
+
 def interleaved_gemv(x: torch.Tensor, w: GQSAWeight, il: InterleavedRows, bias: torch.Tensor | None = None,
-                     block_m: int | None = None, programs: int | None = None, prefetch: int = 1) -> torch.Tensor:
+                     block_m: int | None = None, programs: int | None = None, prefetch: int = 1,
+                     weight_cg: bool = True) -> torch.Tensor:
     """``x [M, K] @ W.T (+ bias) -> [M, N]`` for small M, reading the decode copy ``il = interleave(w, ...)``
     (``w`` gives the shape, group size and bits; its own tensors are not read). ``programs``: persistent
     programs per input-row block (default: one per row block); ``prefetch``: iterations of two steps whose
-    weight data is loaded ahead (1 or 2)."""
+    weight data is loaded ahead (1 or 2); ``weight_cg``: weight loads bypass L1 (``_il_fetch``)."""
     m = x.shape[0]
-    block_m = block_m or min(triton.next_power_of_2(m), 4)
+    block_m = block_m or default_block_m(m, il)
     if block_m not in (1, 2, 4):
         raise ValueError(f"block_m={block_m}: the interleaved GEMV takes 1, 2 or 4 input rows per program")
     wpg = w.group_size * w.bits // 32
@@ -449,6 +467,6 @@ def interleaved_gemv(x: torch.Tensor, w: GQSAWeight, il: InterleavedRows, bias: 
         x, il.words, il.col, il.scale_zero, il.step_ptr, il.rows, bias if bias is not None else x, y,
         blocks, m, x.stride(0), y.stride(0), (1 << w.bits) - 1,
         G=w.group_size, BITS=w.bits, T=il.threads, R=il.rows_per_block, BLOCK_M=block_m,
-        HAS_BIAS=bias is not None, PREFETCH=prefetch, num_warps=max(1, il.threads // 32),
+        HAS_BIAS=bias is not None, PREFETCH=prefetch, WEIGHT_CG=weight_cg, num_warps=max(1, il.threads // 32),
     )
     return y

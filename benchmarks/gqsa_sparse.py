@@ -1,32 +1,30 @@
 """GQSA with pruned groups (W4, 50% of g16 groups pruned) against dense bf16 and torch's int4 tinygemm.
 
 The issue's shapes and batches, every implementation timed as CUDA-graph replays (as vLLM decodes; host
-launch cost stays out). At M=1 the task-centric GEMV is also timed per configuration (the sweep behind
-``task_gemv_config``). Weights rotate through copies so each call reads HBM.
+launch cost stays out). At M=1 the interleaved decode GEMV is also timed per lanes-per-row (the sweep behind
+``interleaved_config``), next to the task-centric GEMV it replaced. Weights rotate through copies so each call
+reads HBM. "% of floor" counts the format's bytes; the decode copy the M <= 4 kernel reads is 1-7% larger
+(``decode_copy_bytes``).
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 
 from .harness import Row, over_shapes, register, time_graph_ms
 from .peers import GraphPeers, batch_inputs, gqsa_w4s50
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
 BATCHES = [1, 4, 16, 64, 256, 2048]
-# (TASK, BLOCK, num_warps) of the task GEMV, next to the default (task_gemv_config). The last three go below 256
-# groups, the default's floor until 2b06868: on 4096x4096 (ab0794d) time still fell with the task size (1024:
-# 19.6 us, 512: 13.4, 256: 10.9; torch int4 6.8), and 128-group owned rows are now the default there
-SWEEP = [(512, 64, 2), (1024, 64, 2), (256, 64, 2), (1024, 32, 1), (512, 32, 1), (1024, 128, 4),
-         (128, 64, 2), (128, 128, 4), (64, 64, 2)]
-# Each also with OWN_ROWS (programs own whole rows and store them: no atomics, no finishing launch)
+# lanes per row of the interleaved decode GEMV at M=1 (64 threads a program); the default is interleaved_config's
+SWEEP = [4, 8, 16, 32]
 
 
-def _bench_shape(n: int, k: int, batches: list[int], sweep: list[tuple[int, int, int]]) -> list[Row]:
+def _bench_shape(n: int, k: int, batches: list[int], sweep: list[int]) -> list[Row]:
     import torch
     import torch.nn.functional as F
     from sparseflow.kernels.gqsa import gqsa_linear, gqsa_linear_reference
+    from sparseflow.kernels.gqsa.interleaved import interleave, interleaved_config, interleaved_gemv
     from sparseflow.kernels.gqsa.triton_kernels import gqsa_dequantize, gqsa_task_gemv, task_gemv_config, task_table
     from sparseflow.kernels.testing import rel_error
 
@@ -39,19 +37,24 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: list[tuple[int, int,
         case, x, io, flops = batch_inputs(n, k, m, dev)
         rows += peers.rows(case, x)
         err = rel_error(gqsa_linear(x, w, tables=pool[0][1]), gqsa_linear_reference(x, w))
+        il_bytes = sum(t.numel() * t.element_size() for name, t in pool[0][1].items() if name.startswith("il_"))
         extra = {"rel_err_vs_reference": err, "bits_per_weight": w.bits_per_weight(), "density": w.density(),
-                 "task_gemv_config": task_gemv_config(w)}
+                 "interleaved_config": interleaved_config(w), "decode_copy_bytes": il_bytes,
+                 "format_bytes": w.storage_bytes()}
         floor_bytes = w.storage_bytes() + io
         ms = time_graph_ms([lambda x=x, p=p, t=t: gqsa_linear(x, p, tables=t) for p, t in pool])
         rows.append(Row(case, "gqsa w4s50g16", ms, floor_bytes, flops, note=f"err {err:.1e}", extra=extra))
         if m == 1:
-            for (task, block, warps), own in itertools.product(sweep, (False, True)):
-                cfg = {"TASK": task, "BLOCK": block, "num_warps": warps, "OWN_ROWS": own}
-                # tables built outside the timed graph, as kernel_tables does after loading
-                calls = [functools.partial(gqsa_task_gemv, x, p, config=cfg, rows=task_table(p, cfg)) for p, _ in pool]
-                ms = time_graph_ms(calls)
-                name = f"{'own' if own else 'task'} t{task} b{block} w{warps}"
-                rows.append(Row(case, name, ms, floor_bytes, flops, extra=cfg))
+            # the decode GEMV before the interleaved copy (tables built outside the timed graph, as after loading)
+            cfg = task_gemv_config(w)
+            calls = [functools.partial(gqsa_task_gemv, x, p, config=cfg, rows=task_table(p, cfg)) for p, _ in pool]
+            rows.append(Row(case, "task gemv (previous)", time_graph_ms(calls), floor_bytes, flops, extra=cfg))
+            for lanes in sweep:
+                copies = [(p, interleave(p, lanes, 64)) for p, _ in pool]
+                ms = time_graph_ms([functools.partial(interleaved_gemv, x, p, il) for p, il in copies])
+                rows.append(Row(case, f"interleaved s{lanes}", ms, floor_bytes, flops,
+                                extra={"lanes_per_row": lanes, "threads": 64}))
+                del copies
         if m >= 16:
             ms = time_graph_ms([lambda x=x, p=p: F.linear(x, gqsa_dequantize(p, x.dtype)) for p, _ in pool[:4]])
             rows.append(Row(case, "gqsa deq+mm", ms, floor_bytes, flops))

@@ -15,7 +15,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
     from sparseflow.kernels.gqsa import gqsa_linear
-    from sparseflow.kernels.gqsa.triton_kernels import task_gemv_config
+    from sparseflow.kernels.gqsa.interleaved import interleaved_config
 
     from .harness import time_graph_ms
     from .peers import gqsa_w4s50, rotating
@@ -29,7 +29,7 @@ def main() -> None:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ours = time_graph_ms([lambda p=p, t=t: gqsa_linear(x, p, tables=t) for p, t in pool]) * 1e3
             base = time_graph_ms([lambda d=d: F.linear(x, d) for d in dense_pool]) * 1e3
-            cfg = f"  decode config {task_gemv_config(w)}" if m == 1 else ""
+            cfg = f"  decode config {interleaved_config(w)}" if m == 1 else ""
             print(f"{n}x{k} M={m}: gqsa {ours:.1f} us ({floor_us / ours:.0%} of floor), dense bf16 {base:.1f} us, "
                   f"{base / ours:.2f}x{cfg}", flush=True)
         del pool, dense_pool

@@ -16,7 +16,7 @@ PARALLEL=""; python3 -c 'import xdist' 2>/dev/null && PARALLEL="-n 8"
 # run from tests/'s parent but import the installed package: -p no:cacheprovider (the tree is a copy). These files
 # hold every test that needs CUDA and runs without vLLM (about 1,230 tests, ~3 minutes with xdist on 16 cores).
 python3 -m pytest -q -p no:cacheprovider $PARALLEL tests/test_gqsa_kernels.py tests/test_gqsa_format.py \
-  tests/test_gqsa_tile_matmul.py tests/test_nm_kernels.py tests/test_nm_format.py tests/test_nm_tile_matmul.py \
+  tests/test_gqsa_tile_matmul.py tests/test_gqsa_interleaved.py tests/test_nm_kernels.py tests/test_nm_format.py tests/test_nm_tile_matmul.py \
   tests/test_ops.py tests/test_splitk.py tests/test_peft_dsee.py tests/test_peft_pst.py tests/test_peft_gs_lora.py \
   2>&1 | tee "$OUT/pytest_gpu.log" | tail -15
 # host-bound benchmarks (peft_step at 4k tokens) are only meaningful with nothing else running on the machine

@@ -2,9 +2,10 @@
 # Runs on the H200 machine (through the device tool): install sparseflow into the image's python
 # (no network there, no dependencies pulled), run the kernel and PEFT tests natively (bf16 included),
 # then the benchmarks. Results land in $OUT (or ./gpu_out).
-#   COMMIT=$(git rev-parse --short HEAD) bash scripts/gpu_check.sh [benchmark ...]   (default: gqsa_linear)
-# COMMIT is computed where you run the device tool: the device's copy of .git is the session's starting commit,
-# so results would otherwise be labelled with a stale one.
+#   COMMIT=<hash> bash scripts/gpu_check.sh [benchmark ...]   (default: gqsa_linear)
+# Write the hash literally, as `git rev-parse --short HEAD` prints it here, before the call: the device's copy of
+# .git is the session's starting commit, so `$(git rev-parse ...)` inside the device command labels results with a
+# stale commit (it did, once: benchmarks/results JSONs carry a commit_note where that was mended).
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1

@@ -14,7 +14,8 @@ import pytest
 pytest.importorskip("triton.backends.nvidia")
 
 
-@pytest.mark.parametrize("kernel, args", [("gqsa_task", []), ("gqsa_task", ["--no-own-rows"]),
+@pytest.mark.parametrize("kernel, args", [("gqsa_il", []), ("gqsa_il", ["--block-m-gemv", "4", "--prefetch", "2"]),
+                                          ("gqsa_task", []), ("gqsa_task", ["--no-own-rows"]),
                                           ("nm24", ["--values", "int4"]), ("nm24sp_packed", []), ("gqsa_tile", []),
                                           ("gqsa_tile", ["--x", "fp16"])])
 def test_decode_kernels_compile_for_sm90_and_have_a_loop(kernel, args):

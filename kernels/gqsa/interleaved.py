@@ -213,9 +213,12 @@ def _x8(x_row, col, wj: tl.constexpr, G: tl.constexpr):
 
 @triton.jit
 def _rotl(word, r: tl.constexpr):
+    # one return: Triton still generates statements after an early return, and a shift by 32 warns
     if r == 0:
-        return word
-    return (word << r) | (word >> (32 - r))
+        out = word
+    else:
+        out = (word << r) | (word >> (32 - r))
+    return out
 
 
 @triton.jit

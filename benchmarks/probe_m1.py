@@ -13,7 +13,7 @@ WIDTHS = [(4, 8192), (4, 16384), (4, 32768), (8, 32768)]  # (warps per program, 
 
 def main() -> None:
     import torch
-    from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv
+    from sparseflow.kernels.gqsa import gqsa_linear
     from sparseflow.kernels.nm import from_dense, kernel_tables, nm_linear_reference
     from sparseflow.kernels.nm.sparse_mma import nm24_sp_packed_gemv
     from sparseflow.kernels.testing import rel_error
@@ -40,7 +40,8 @@ def main() -> None:
         del pool
         gw, gpool = gqsa_w4s50(dense)
         floor = gw.storage_bytes() / 4.27e12 * 1e3
-        ms = time_graph_ms([lambda p=p, t=t: gqsa_task_gemv(x, p, rows=t.get("task_rows")) for p, t in gpool])
+        # the decode gqsa_linear dispatches to (the interleaved copy from kernel_tables)
+        ms = time_graph_ms([lambda p=p, t=t: gqsa_linear(x, p, tables=t) for p, t in gpool])
         print(f"GQSA W4S50 g16 {n}x{k} M=1: {ms:.4f} ms, {100 * floor / ms:.0f}% of floor, {dense_ms / ms:.2f}x dense",
               flush=True)
         del gpool

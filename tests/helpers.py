@@ -116,3 +116,18 @@ class TokenDataset:
         if self.forget:
             example["forget"] = torch.tensor(i % 2)
         return example
+
+
+def uneven_rows_gqsa():
+    """A 50 x 512 GQSA W4 g16 weight (CPU) with very uneven rows: one full row (3), ten single-group rows
+    (10-19), one row of every third group (40), and the rest empty (41-49 trail, so a kernel must still write
+    their bias)."""
+    import torch
+    from sparseflow.kernels.gqsa import quantize_rtn
+
+    n, k, g = 50, 512, 16
+    keep = torch.zeros(n, k // g, dtype=torch.bool)
+    keep[3] = True
+    keep[10:20, 5] = True
+    keep[40, ::3] = True
+    return quantize_rtn(torch.randn(n, k), bits=4, group_size=g, keep=keep)

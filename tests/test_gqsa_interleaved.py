@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import uneven_rows_gqsa
 from sparseflow.kernels.gqsa import dequantize_reference, gqsa_linear_reference, quantize_rtn
 from sparseflow.kernels.gqsa.interleaved import (
     PAD_STEPS,
@@ -74,14 +75,9 @@ def test_gemv_matches_reference(m, n, k, lanes, threads, bits, g, density, dtype
 
 def test_uneven_rows_and_empty_rows_get_their_bias():
     """One full row, many empty rows, single-group rows: blocks of very different lengths."""
-    n, k, g = 50, 512, 16
-    keep = torch.zeros(n, k // g, dtype=torch.bool)
-    keep[3] = True
-    keep[10:20, 5] = True
-    keep[40, ::3] = True
-    w = quantize_rtn(torch.randn(n, k), bits=4, group_size=g, keep=keep).to(DEVICE)
-    x = torch.randn(2, k, device=DEVICE)
-    bias = torch.randn(n, device=DEVICE)
+    w = uneven_rows_gqsa().to(DEVICE)
+    x = torch.randn(2, w.in_features, device=DEVICE)
+    bias = torch.randn(w.out_features, device=DEVICE)
     for lanes, threads in ((1, 4), (4, 8), (16, 16)):
         y = interleaved_gemv(x, w, interleave(w, lanes, threads), bias)
         assert_close(y, gqsa_linear_reference(x, w, bias), torch.float32, name=f"uneven rows, {lanes} lanes")

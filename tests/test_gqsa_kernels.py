@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import uneven_rows_gqsa
 from sparseflow.kernels.gqsa import dequantize_reference, gqsa_linear, gqsa_linear_reference, quantize_rtn
 from sparseflow.kernels.testing import assert_close
 
@@ -164,14 +165,9 @@ def test_task_gemv_uneven_rows():
     """One full row, many empty rows, single-group rows: the work split ignores row boundaries."""
     from sparseflow.kernels.gqsa.triton_kernels import gqsa_task_gemv
 
-    n, k, g = 50, 512, 16
-    keep = torch.zeros(n, k // g, dtype=torch.bool)
-    keep[3] = True
-    keep[10:20, 5] = True
-    keep[40, ::3] = True
-    w = quantize_rtn(torch.randn(n, k), bits=4, group_size=g, keep=keep).to(DEVICE)
-    x = torch.randn(1, k, device=DEVICE)
-    bias = torch.randn(n, device=DEVICE)  # rows 41-49 are empty: owned, they must still get their bias
+    w = uneven_rows_gqsa().to(DEVICE)
+    x = torch.randn(1, w.in_features, device=DEVICE)
+    bias = torch.randn(w.out_features, device=DEVICE)  # rows 41-49 are empty: owned, they must still get their bias
     for own_rows in (False, True):
         for task, block in ((8, 8), (16, 4), (64, 16)):
             config = {"TASK": task, "BLOCK": block, "num_warps": 1, "OWN_ROWS": own_rows}

@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..registers import split4
 from .format import GQSAWeight
 from .triton_kernels import _sm_count, _x_group_word
 
@@ -175,11 +176,7 @@ def _il_codes(word, code_mask, BITS: tl.constexpr):
 @triton.jit
 def _pairs4(ptr):
     """Four 32-bit words at ``ptr [T]`` (one 16-byte load per thread) -> four ``[T]``."""
-    v = tl.load(ptr[:, None] + tl.arange(0, 4)[None, :])
-    a, b = tl.split(tl.reshape(v, (v.shape[0], 2, 2)))  # words 0, 2 | 1, 3
-    w0, w2 = tl.split(a)
-    w1, w3 = tl.split(b)
-    return w0, w1, w2, w3
+    return split4(tl.load(ptr[:, None] + tl.arange(0, 4)[None, :]))
 
 
 @triton.jit

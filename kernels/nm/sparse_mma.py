@@ -36,9 +36,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..registers import split4
 from ..splitk import splitk_finish, splitk_workspace
 from .format import NMWeight
-from .triton_kernels import _split4
 
 _MMA_SP = (
     "mma.sp.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 "
@@ -243,7 +243,7 @@ def _x_block_mma(a0, a1, a2, a3, x_pairs, d0, d1, d2, d3, meta, ASM: tl.constexp
     ``PERM_X``: x is in ``permute_x_for_sparse_mma`` order, the lane's four pairs one 16-byte load; else four
     4-byte loads 16 bytes apart."""
     if PERM_X:
-        b0, b1, b2, b3 = _split4(tl.load(x_pairs[:, None] + tl.arange(0, 4)[None, :]))
+        b0, b1, b2, b3 = split4(tl.load(x_pairs[:, None] + tl.arange(0, 4)[None, :]))
     else:
         b0, b1, b2, b3 = tl.load(x_pairs), tl.load(x_pairs + 4), tl.load(x_pairs + 8), tl.load(x_pairs + 12)
     return _mma_sp(a0, a1, a2, a3, b0, b1, b2, b3, d0, d1, d2, d3, meta, ASM, CONSTRAINTS)
@@ -335,8 +335,8 @@ def _nm24_sp_packed_kernel(
     s_begin = pid_s * STEPS_PER_SPLIT
     s_end = tl.minimum(s_begin + STEPS_PER_SPLIT, steps)
     for step in range(s_begin, s_end):
-        cws = _split4(tl.load(codes_lane[:, None] + step * 128 + q4))
-        mws = _split4(tl.load(meta_lane[:, None] + step * 64 + q4))
+        cws = split4(tl.load(codes_lane[:, None] + step * 128 + q4))
+        mws = split4(tl.load(meta_lane[:, None] + step * 64 + q4))
         d00 = tl.zeros([E], dtype=tl.float32)
         d01 = tl.zeros([E], dtype=tl.float32)
         d02 = tl.zeros([E], dtype=tl.float32)

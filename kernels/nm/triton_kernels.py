@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..registers import split4
 from .format import INDEX_BITS, NMWeight
 
 # value format -> kernel code
@@ -99,15 +100,6 @@ def _nm_expand_kernel(
 
 
 @triton.jit
-def _split4(t):
-    """``[E, 4]`` -> four ``[E]`` tensors (registers of one thread when the last axis is per thread)."""
-    even, odd = tl.split(tl.reshape(t, (t.shape[0], 2, 2)))  # (t0, t2), (t1, t3)
-    t0, t2 = tl.split(even)
-    t1, t3 = tl.split(odd)
-    return t0, t1, t2, t3
-
-
-@triton.jit
 def _half_to_f32(h, IS_BF16: tl.constexpr):
     """Low 16 bits of the uint32 ``h`` (a bfloat16 or a float16) as float32."""
     if IS_BF16:
@@ -140,7 +132,7 @@ def _unit_values(values_ptr, rows64, units, KEPT, KIND: tl.constexpr):
     words = values_ptr.to(tl.pointer_type(tl.uint32))
     if KIND == 0:  # bf16 / fp16: four 32-bit pairs, one 16-byte load
         vp = tl.load(words + (rows64 * (KEPT // 2) + units * 4)[:, None] + tl.arange(0, 4)[None, :])
-        p0, p1, p2, p3 = _split4(vp)
+        p0, p1, p2, p3 = split4(vp)
         bf16: tl.constexpr = values_ptr.dtype.element_ty == tl.bfloat16
         return (_half_to_f32(p0, bf16), _half_to_f32(p0 >> 16, bf16), _half_to_f32(p1, bf16),
                 _half_to_f32(p1 >> 16, bf16), _half_to_f32(p2, bf16), _half_to_f32(p2 >> 16, bf16),
@@ -199,8 +191,8 @@ def _nm24_gemv_kernel(
                 units = tl.minimum(unit, n_units - 1)
                 idx = tl.load(indices_ptr.to(tl.pointer_type(tl.uint16)) + rows64 * (IDX_BYTES // 2) + units)
                 idx = idx.to(tl.uint32)
-                xa0, xb0, xa1, xb1 = _split4(tl.load(x_pairs + (units * 8)[:, None] + q4))
-                xa2, xb2, xa3, xb3 = _split4(tl.load(x_pairs + (units * 8 + 4)[:, None] + q4))
+                xa0, xb0, xa1, xb1 = split4(tl.load(x_pairs + (units * 8)[:, None] + q4))
+                xa2, xb2, xa3, xb3 = split4(tl.load(x_pairs + (units * 8 + 4)[:, None] + q4))
                 v0, v1, v2, v3, v4, v5, v6, v7 = _unit_values(values_ptr, rows64, units, KEPT, KIND)
                 if KIND == 0:
                     dot = acc  # float kinds accumulate straight into acc; dead elements keep acc (below)

@@ -24,7 +24,7 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: list[int]) -> list[R
     import torch
     import torch.nn.functional as F
     from sparseflow.kernels.gqsa import gqsa_linear, gqsa_linear_reference
-    from sparseflow.kernels.gqsa.interleaved import interleave, interleaved_config, interleaved_gemv
+    from sparseflow.kernels.gqsa.interleaved import InterleavedRows, interleave, interleaved_config, interleaved_gemv
     from sparseflow.kernels.gqsa.triton_kernels import gqsa_dequantize, gqsa_task_gemv, task_gemv_config, task_table
     from sparseflow.kernels.testing import rel_error
 
@@ -37,7 +37,7 @@ def _bench_shape(n: int, k: int, batches: list[int], sweep: list[int]) -> list[R
         case, x, io, flops = batch_inputs(n, k, m, dev)
         rows += peers.rows(case, x)
         err = rel_error(gqsa_linear(x, w, tables=pool[0][1]), gqsa_linear_reference(x, w))
-        il_bytes = sum(t.numel() * t.element_size() for name, t in pool[0][1].items() if name.startswith("il_"))
+        il_bytes = InterleavedRows.from_tables(pool[0][1]).storage_bytes()
         extra = {"rel_err_vs_reference": err, "bits_per_weight": w.bits_per_weight(), "density": w.density(),
                  "interleaved_config": interleaved_config(w), "decode_copy_bytes": il_bytes,
                  "format_bytes": w.storage_bytes()}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 SHAPES = [(28672, 8192), (8192, 28672), (4096, 14336), (14336, 4096), (4096, 4096), (6144, 4096), (28672, 4096)]
@@ -23,9 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     from sparseflow.kernels.gqsa.interleaved import interleave, interleaved_config, interleaved_gemv
     from sparseflow.kernels.testing import rel_error
 
-    from .gqsa_linear import _copies
     from .harness import environment, time_graph_ms
-    from .peers import GraphPeers, gqsa_w4s50
+    from .peers import GraphPeers, gqsa_w4s50, rotating
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, default=None)
@@ -60,9 +58,7 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 il = interleave(w, s, t)
                 err = rel_error(interleaved_gemv(x, w, il, block_m=bm, prefetch=pf, weight_cg=cg).float(), ref)
-                copies = [il] + [replace(il, **{f: getattr(il, f).clone() for f in
-                                                ("words", "col", "scale_zero", "step_ptr", "rows")})
-                                 for _ in range(_copies(il.storage_bytes()) - 1)]
+                copies = rotating(il, il.storage_bytes())
                 us = time_graph_ms([lambda c=c: interleaved_gemv(x, w, c, block_m=bm, prefetch=pf, weight_cg=cg)
                                      for c in copies]) * 1e3
                 row = dict(n=n, k=k, m=m, lanes=s, threads=t, block_m=bm or min(m, 4), prefetch=pf, weight_cg=cg, us=us,

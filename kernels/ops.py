@@ -24,7 +24,7 @@ def _out_shape(x: torch.Tensor, n: int) -> list[int]:
 @torch.library.custom_op("sparseflow::gqsa_linear", mutates_args=())
 def gqsa_linear_op(x: torch.Tensor, codes: torch.Tensor, group_col: torch.Tensor, row_ptr: torch.Tensor,
                    scale: torch.Tensor, zero: torch.Tensor, bias: torch.Tensor | None,
-                   task_rows: torch.Tensor | None, group_mask: torch.Tensor | None, group_prefix: torch.Tensor | None,
+                   group_mask: torch.Tensor | None, group_prefix: torch.Tensor | None,
                    il_words: torch.Tensor | None, il_col: torch.Tensor | None, il_scale_zero: torch.Tensor | None,
                    il_step_ptr: torch.Tensor | None, il_rows: torch.Tensor | None,
                    in_features: int, group_size: int, bits: int) -> torch.Tensor:
@@ -34,7 +34,7 @@ def gqsa_linear_op(x: torch.Tensor, codes: torch.Tensor, group_col: torch.Tensor
     il = (il_words, il_col, il_scale_zero, il_step_ptr, il_rows)
     if any(t is None for t in il) and any(t is not None for t in il):
         raise ValueError("gqsa_linear: pass all five il_* tables (kernel_tables) or none")
-    given = {"task_rows": task_rows, "group_mask": group_mask, "group_prefix": group_prefix,
+    given = {"group_mask": group_mask, "group_prefix": group_prefix,
              "il_words": il_words, "il_col": il_col, "il_scale_zero": il_scale_zero, "il_step_ptr": il_step_ptr,
              "il_rows": il_rows}
     tables = {name: t for name, t in given.items() if t is not None} or None
@@ -42,7 +42,7 @@ def gqsa_linear_op(x: torch.Tensor, codes: torch.Tensor, group_col: torch.Tensor
 
 
 @gqsa_linear_op.register_fake
-def _(x, codes, group_col, row_ptr, scale, zero, bias, task_rows, group_mask, group_prefix, il_words, il_col,
+def _(x, codes, group_col, row_ptr, scale, zero, bias, group_mask, group_prefix, il_words, il_col,
       il_scale_zero, il_step_ptr, il_rows, in_features, group_size, bits):
     return x.new_empty(_out_shape(x, row_ptr.shape[0] - 1))
 

@@ -14,3 +14,12 @@ def split4(t):
     t0, t2 = tl.split(even)
     t1, t3 = tl.split(odd)
     return t0, t1, t2, t3
+
+
+@triton.jit
+def half_to_f32(h, IS_BF16: tl.constexpr):
+    """Low 16 bits of the uint32 ``h`` (a bfloat16 or a float16) as float32."""
+    if IS_BF16:
+        return (h << 16).to(tl.float32, bitcast=True)
+    else:
+        return (h & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)

@@ -23,8 +23,8 @@ def _nm(n=24, k=64, value_format="int4", group=16, seed=0):
 
 
 def _gqsa_args(x, w, bias=None):
-    # the eight kernel_tables slots (task_rows, group_mask, group_prefix, il_*) empty: the op's CPU path
-    return (x, w.codes, w.group_col, w.row_ptr, w.scale, w.zero, bias, *[None] * 8, w.in_features, w.group_size,
+    # the seven kernel_tables slots (group_mask, group_prefix, il_*) empty: the op's CPU path
+    return (x, w.codes, w.group_col, w.row_ptr, w.scale, w.zero, bias, *[None] * 7, w.in_features, w.group_size,
             w.bits)
 
 

@@ -46,14 +46,14 @@ class GQSALinearMethod(CollectedLinearMethod):
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         c = self.checkpoint
         return torch.ops.sparseflow.gqsa_linear(x, layer.codes, layer.group_col, layer.row_ptr, layer.scale,
-                                                layer.zero, bias, layer.sf_task_rows, layer.sf_group_mask,
+                                                layer.zero, bias, layer.sf_group_mask,
                                                 layer.sf_group_prefix, layer.sf_il_words, layer.sf_il_col,
                                                 layer.sf_il_scale_zero, layer.sf_il_step_ptr, layer.sf_il_rows,
                                                 layer.sf_in_features, c.group_size, c.bits)
 
 
 # every kernel_tables entry the op takes (the decode copy's il_* five among them)
-_TABLES = ("task_rows", "group_mask", "group_prefix", *IL_TENSOR_NAMES)
+_TABLES = ("group_mask", "group_prefix", *IL_TENSOR_NAMES)
 
 
 class GQSAConfig(CollectedQuantConfig):

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..registers import split4
+from ..registers import half_to_f32, split4
 from .format import GQSAWeight
 from .triton_kernels import _sm_count, _x_group_word
 
@@ -74,6 +74,9 @@ class InterleavedRows:
 
     def storage_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tables().values())
+
+    def clone(self) -> InterleavedRows:
+        return InterleavedRows(*(t.clone() for t in self.tables().values()))
 
 
 def interleave(w: GQSAWeight, lanes_per_row: int, threads: int = 64) -> InterleavedRows:
@@ -182,11 +185,7 @@ def _pairs4(ptr):
 @triton.jit
 def _halves(pair, IS_BF16: tl.constexpr):
     """A 32-bit pair of 16-bit floats -> (low, high) as float32: for bf16 one integer op each."""
-    if IS_BF16:
-        return (pair << 16).to(tl.float32, bitcast=True), (pair & 0xFFFF0000).to(tl.float32, bitcast=True)
-    lo = (pair & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-    hi = (pair >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-    return lo, hi
+    return half_to_f32(pair, IS_BF16), half_to_f32(pair >> 16, IS_BF16)
 
 
 @triton.jit
@@ -219,10 +218,9 @@ def _rotl(word, r: tl.constexpr):
 
 
 @triton.jit
-def _code4(word, r: tl.constexpr, pos: tl.constexpr, code_mask):
-    """``2**23 + q * 2**pos`` for the code that ``rotl(word, r)`` puts at bit ``pos``: one LOP3 (after the shared
-    rotation)."""
-    return ((_rotl(word, r) & (code_mask << pos)) | 0x4B000000).to(tl.float32, bitcast=True)
+def _code4(word, pos: tl.constexpr, code_mask):
+    """``2**23 + q * 2**pos`` for the code of ``word`` (already rotated) at bit ``pos``: one LOP3."""
+    return ((word & (code_mask << pos)) | 0x4B000000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -234,14 +232,14 @@ def _dot_word4(word, xv, m_lo, m_hi, acc_lo, acc_hi, code_mask):
     r8 = _rotl(word, 8)
     r16 = _rotl(word, 16)
     r24 = _rotl(word, 24)
-    acc_lo += (_code4(word, 0, 12, code_mask) - m_lo) * x3
-    acc_hi += (_code4(word, 0, 16, code_mask) - m_hi) * x4
-    acc_lo += (_code4(r24, 0, 12, code_mask) - m_lo) * x5
-    acc_hi += (_code4(r24, 0, 16, code_mask) - m_hi) * x6
-    acc_lo += (_code4(r16, 0, 12, code_mask) - m_lo) * x7
-    acc_hi += (_code4(r16, 0, 16, code_mask) - m_hi) * x0
-    acc_lo += (_code4(r8, 0, 12, code_mask) - m_lo) * x1
-    acc_hi += (_code4(r8, 0, 16, code_mask) - m_hi) * x2
+    acc_lo += (_code4(word, 12, code_mask) - m_lo) * x3
+    acc_hi += (_code4(word, 16, code_mask) - m_hi) * x4
+    acc_lo += (_code4(r24, 12, code_mask) - m_lo) * x5
+    acc_hi += (_code4(r24, 16, code_mask) - m_hi) * x6
+    acc_lo += (_code4(r16, 12, code_mask) - m_lo) * x7
+    acc_hi += (_code4(r16, 16, code_mask) - m_hi) * x0
+    acc_lo += (_code4(r8, 12, code_mask) - m_lo) * x1
+    acc_hi += (_code4(r8, 16, code_mask) - m_hi) * x2
     return acc_lo, acc_hi
 
 
@@ -456,12 +454,12 @@ def interleaved_gemv(x: torch.Tensor, w: GQSAWeight, il: InterleavedRows, bias: 
     if il.words.shape[1] != wpg or il.rows.numel() < w.out_features:
         raise ValueError(f"decode copy has {il.words.shape[1]} words per group and {il.rows.numel()} row slots; "
                          f"the weight needs {wpg} and {w.out_features}: it was built for another weight")
+    if prefetch not in (1, 2):
+        raise ValueError(f"prefetch={prefetch}: 1 or 2 iterations ahead")
     if x.dtype != torch.float32 and x.stride(0) % 2:
         x = x.contiguous()  # 16-bit x is read as 32-bit pairs
     y = torch.empty(m, w.out_features, dtype=x.dtype, device=x.device)
     blocks = il.rows.shape[0]
-    if prefetch not in (1, 2):
-        raise ValueError(f"prefetch={prefetch}: 1 or 2 iterations ahead")
     programs = blocks if programs is None else programs
     _interleaved_gemv_kernel[(max(1, min(blocks, programs)), triton.cdiv(m, block_m))](
         x, il.words, il.col, il.scale_zero, il.step_ptr, il.rows, bias if bias is not None else x, y,

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..registers import split4
+from ..registers import half_to_f32, split4
 from .format import INDEX_BITS, NMWeight
 
 # value format -> kernel code
@@ -100,20 +100,11 @@ def _nm_expand_kernel(
 
 
 @triton.jit
-def _half_to_f32(h, IS_BF16: tl.constexpr):
-    """Low 16 bits of the uint32 ``h`` (a bfloat16 or a float16) as float32."""
-    if IS_BF16:
-        return (h << 16).to(tl.float32, bitcast=True)
-    else:
-        return (h & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-
-
-@triton.jit
 def _pick(pair_a, pair_b, p, X_BF16: tl.constexpr):
     """Input ``p`` (0..3) of a block whose four 16-bit inputs are the pairs ``pair_a`` (0, 1) and ``pair_b`` (2, 3):
     a select and a shift in registers instead of a memory access per kept value."""
     pair = tl.where((p & 2) != 0, pair_b, pair_a)
-    return _half_to_f32(pair >> ((p & 1) * 16).to(tl.uint32), X_BF16)
+    return half_to_f32(pair >> ((p & 1) * 16).to(tl.uint32), X_BF16)
 
 
 @triton.jit
@@ -134,9 +125,9 @@ def _unit_values(values_ptr, rows64, units, KEPT, KIND: tl.constexpr):
         vp = tl.load(words + (rows64 * (KEPT // 2) + units * 4)[:, None] + tl.arange(0, 4)[None, :])
         p0, p1, p2, p3 = split4(vp)
         bf16: tl.constexpr = values_ptr.dtype.element_ty == tl.bfloat16
-        return (_half_to_f32(p0, bf16), _half_to_f32(p0 >> 16, bf16), _half_to_f32(p1, bf16),
-                _half_to_f32(p1 >> 16, bf16), _half_to_f32(p2, bf16), _half_to_f32(p2 >> 16, bf16),
-                _half_to_f32(p3, bf16), _half_to_f32(p3 >> 16, bf16))
+        return (half_to_f32(p0, bf16), half_to_f32(p0 >> 16, bf16), half_to_f32(p1, bf16),
+                half_to_f32(p1 >> 16, bf16), half_to_f32(p2, bf16), half_to_f32(p2 >> 16, bf16),
+                half_to_f32(p3, bf16), half_to_f32(p3 >> 16, bf16))
     elif KIND == 1:  # int8: two words of four codes; arithmetic shifts sign-extend each byte
         wp = tl.load(words + (rows64 * (KEPT // 4) + units * 2)[:, None] + tl.arange(0, 2)[None, :])
         w0, w1 = tl.split(wp.to(tl.int32, bitcast=True))

@@ -92,16 +92,15 @@ def _gqsa_il(args):
     from sparseflow.kernels.gqsa import interleaved as il
     fn = il._interleaved_gemv_kernel
     xdt = "*" + args.x
-    sig = dict(x_ptr=xdt, xs_ptr="*fp32", words_ptr="*u32", col_ptr="*i16", sz_ptr="*fp16", step_ptr="*i32",
-               rows_ptr="*i32", bias_ptr=xdt, y_ptr=xdt, BLOCKS="i32", M="i32", stride_xm="i32", stride_xsm="i32",
-               stride_ym="i32", code_mask="u32", G="constexpr", BITS="constexpr", T="constexpr", R="constexpr",
-               BLOCK_M="constexpr", HAS_BIAS="constexpr", PREFETCH="constexpr", WEIGHT_CG="constexpr",
-               XSUM="constexpr")
+    sig = dict(x_ptr=xdt, words_ptr="*u32", col_ptr="*i16", sz_ptr="*fp16", step_ptr="*i32", rows_ptr="*i32",
+               bias_ptr=xdt, y_ptr=xdt, BLOCKS="i32", M="i32", stride_xm="i32", stride_ym="i32", code_mask="u32",
+               G="constexpr", BITS="constexpr", T="constexpr", R="constexpr", BLOCK_M="constexpr",
+               HAS_BIAS="constexpr", PREFETCH="constexpr", WEIGHT_CG="constexpr", SPLIT="constexpr")
     const = dict(G=16, BITS=4, T=args.block_u, R=args.block_u // args.lanes, BLOCK_M=args.block_m_gemv,
-                 HAS_BIAS=False, PREFETCH=args.prefetch, WEIGHT_CG=True, XSUM=args.xsum)
-    div = ["x_ptr", "xs_ptr", "words_ptr", "col_ptr", "sz_ptr", "step_ptr", "rows_ptr", "bias_ptr", "y_ptr",
-           "stride_xm", "stride_xsm", "stride_ym"]
-    return compile_sass(fn, sig, const, div, num_warps=max(1, args.block_u // 32))
+                 HAS_BIAS=False, PREFETCH=args.prefetch, WEIGHT_CG=True, SPLIT=args.split)
+    div = ["x_ptr", "words_ptr", "col_ptr", "sz_ptr", "step_ptr", "rows_ptr", "bias_ptr", "y_ptr", "stride_xm",
+           "stride_ym"]
+    return compile_sass(fn, sig, const, div, num_warps=max(1, args.block_u * args.split // 32))
 
 
 def _nm24(args):
@@ -186,8 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lanes", type=int, default=4, help="gqsa_il: lanes per row (S)")
     p.add_argument("--prefetch", type=int, default=1, help="gqsa_il: iterations loaded ahead (1 or 2)")
     p.add_argument("--block-m-gemv", type=int, default=1, help="gqsa_il: input rows per program (BLOCK_M)")
-    p.add_argument("--xsum", action=argparse.BooleanOptionalAction, default=False,
-                   help="gqsa_il: x_group_sums given, no per-code offset subtraction")
+    p.add_argument("--split", type=int, default=1, help="gqsa_il: threads sharing a group (1 or 2)")
     p.add_argument("--blocks", type=int, default=1, help="nm24sp_packed: 8-row x blocks per program (MB)")
     p.add_argument("--block-m", type=int, default=32, help="gqsa_tile: rows of x per program")
     p.add_argument("--perm-x", action=argparse.BooleanOptionalAction, default=False,

@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..pdl import pdl_launch, wait_for_earlier_kernels
 from ..registers import half_to_f32, split4
 from .format import GQSAWeight
 from .triton_kernels import _sm_count, _x_group_word
@@ -326,7 +327,7 @@ def _il_group(fetched, wp, x0, x1, x2, x3, code_mask, xoff,
 def _il_block(b, x0, x1, x2, x3, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr, bias_ptr, y_ptr, m0, M, stride_ym,
               code_mask, G: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, R: tl.constexpr,
               BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr, WEIGHT_CG: tl.constexpr,
-              SPLIT: tl.constexpr):
+              SPLIT: tl.constexpr, PDL: tl.constexpr):
     """Block ``b``: every thread sums its lane's share of one row over the block's steps (two per iteration:
     blocks have an even number), then a row's ``S * SPLIT`` threads are added and the row is stored in y's dtype
     with the bias. ``SPLIT = 2``: two neighbouring threads share each slot's group, a word each (g16 4-bit), so
@@ -409,6 +410,7 @@ def _interleaved_gemv_kernel(
     BLOCKS, M, stride_xm, stride_ym, code_mask,
     G: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
     HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr, WEIGHT_CG: tl.constexpr, SPLIT: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Program ``t`` of ``P`` runs blocks ``t, t + P, ...`` (``_il_block``); by default ``P`` is the number of
     blocks. Fewer, persistent programs were no faster on the H200 (each block's first fetch is exposed again).
@@ -420,9 +422,13 @@ def _interleaved_gemv_kernel(
     x1 = x_ptr + tl.minimum(m0 + 1, M - 1).to(tl.int64) * stride_xm
     x2 = x_ptr + tl.minimum(m0 + 2, M - 1).to(tl.int64) * stride_xm
     x3 = x_ptr + tl.minimum(m0 + 3, M - 1).to(tl.int64) * stride_xm
+    # launched early (PDL), the program is resident when the previous kernel ends; it reads nothing before then
+    # (x and even the copy may have been written by that kernel)
+    wait_for_earlier_kernels(PDL)
     for b in range(tl.program_id(0), BLOCKS, tl.num_programs(0)):
         _il_block(b, x0, x1, x2, x3, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr, bias_ptr, y_ptr, m0, M,
-                  stride_ym, code_mask, G, BITS, T, R, BLOCK_M, HAS_BIAS, PREFETCH, WEIGHT_CG, SPLIT)
+                  stride_ym, code_mask, G, BITS, T, R, BLOCK_M, HAS_BIAS, PREFETCH, WEIGHT_CG, SPLIT,
+                  PDL)
 
 
 # threads a decode copy aims for, per SM: about 22 warps (H200, W4S50 g16, M=1, probe_interleaved JSON): the best
@@ -483,6 +489,6 @@ def interleaved_gemv(x: torch.Tensor, w: GQSAWeight, il: InterleavedRows, bias: 
         blocks, m, x.stride(0), y.stride(0), (1 << w.bits) - 1,
         G=w.group_size, BITS=w.bits, T=il.threads, R=il.rows_per_block, BLOCK_M=block_m,
         HAS_BIAS=bias is not None, PREFETCH=prefetch, WEIGHT_CG=weight_cg, SPLIT=split,
-        num_warps=max(1, il.threads * split // 32),
+        num_warps=max(1, il.threads * split // 32), **pdl_launch(x.device),
     )
     return y

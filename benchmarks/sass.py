@@ -143,9 +143,9 @@ def _nm24sp_packed(args):
                y_ptr="*bf16", ws_ptr="*fp32", N="i32", K="i32", M="i32", stride_xm="i32",
                stride_ym="i32", one="i32", STEPS_PER_SPLIT="i32", GROUP="constexpr", MB="constexpr",
                SPLIT="constexpr", HAS_BIAS="constexpr", ASM="constexpr", CONSTRAINTS="constexpr",
-               num_warps_="constexpr", PERM_X="constexpr")
+               num_warps_="constexpr", PERM_X="constexpr", PDL="constexpr")
     const = dict(GROUP=128, MB=args.blocks, SPLIT=True, HAS_BIAS=False, ASM=sm._MMA_SP_INT4,
-                 CONSTRAINTS=sm._CONSTRAINTS, num_warps_=args.warps, PERM_X=args.perm_x)
+                 CONSTRAINTS=sm._CONSTRAINTS, num_warps_=args.warps, PERM_X=args.perm_x, PDL=args.pdl)
     div = ["x_ptr", "codes_ptr", "meta_ptr", "scales_ptr", "y_ptr", "ws_ptr", "K", "stride_xm", "stride_ym"]
     return compile_sass(sm._nm24_sp_packed_kernel, sig, const, div, num_warps=args.warps)
 
@@ -156,9 +156,10 @@ def _gqsa_tile(args):
     sig = dict(x_ptr="*" + args.x, words_ptr="*i32", scale_ptr="*fp16", zero_ptr="*fp16", mask_ptr="*i32",
                prefix_ptr="*i32", ws_ptr="*fp32", M="i32", N="i32", K="i32", stride_xm="i32", WORDS="i32",
                STEPS_PER_SPLIT="i32", G="constexpr", BITS="constexpr", GPS="constexpr", DOT_IEEE="constexpr",
-               FAST="constexpr", DECODE_ASM="constexpr", POPC="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr")
+               FAST="constexpr", DECODE_ASM="constexpr", POPC="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr",
+               PDL="constexpr")
     const = dict(G=16, BITS=4, GPS=8, DOT_IEEE=args.x == "fp32", FAST=fast,
-                 DECODE_ASM=tm.decode_asm(fast), POPC=args.popc, BLOCK_M=args.block_m, BLOCK_N=64)
+                 DECODE_ASM=tm.decode_asm(fast), POPC=args.popc, BLOCK_M=args.block_m, BLOCK_N=64, PDL=args.pdl)
     div = ["x_ptr", "words_ptr", "scale_ptr", "zero_ptr", "mask_ptr", "prefix_ptr", "ws_ptr", "K", "stride_xm"]
     return compile_sass(tm._gqsa_tile_matmul_kernel, sig, const, div, num_warps=args.warps)
 
@@ -166,8 +167,8 @@ def _gqsa_tile(args):
 def _splitk_finish(args):
     from sparseflow.kernels import splitk
     sig = dict(ws_ptr="*fp32", bias_ptr="*fp32", y_ptr="*" + args.x, M="i32", N="i32", stride_ym="i32",
-               HAS_BIAS="constexpr", BLOCK="constexpr")
-    return compile_sass(splitk._finish_kernel, sig, dict(HAS_BIAS=False, BLOCK=1024),
+               HAS_BIAS="constexpr", BLOCK="constexpr", PDL="constexpr")
+    return compile_sass(splitk._finish_kernel, sig, dict(HAS_BIAS=False, BLOCK=1024, PDL=args.pdl),
                         ["ws_ptr", "y_ptr", "N", "stride_ym"], num_warps=4)
 
 
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prefetch", type=int, default=1, help="gqsa_il: iterations loaded ahead (1 or 2)")
     p.add_argument("--block-m-gemv", type=int, default=1, help="gqsa_il: input rows per program (BLOCK_M)")
     p.add_argument("--pdl", action=argparse.BooleanOptionalAction, default=True,
-                   help="gqsa_il: wait for the previous kernel (programmatic dependent launch)")
+                   help="gqsa_il, nm24sp_packed, gqsa_tile, splitk_finish: wait for the previous kernel "
+                        "(programmatic dependent launch)")
     p.add_argument("--split", type=int, default=1, help="gqsa_il: threads sharing a group (1 or 2)")
     p.add_argument("--blocks", type=int, default=1, help="nm24sp_packed: 8-row x blocks per program (MB)")
     p.add_argument("--block-m", type=int, default=32, help="gqsa_tile: rows of x per program")

@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import pdl_launch, wait_for_earlier_kernels
+
 _MIN_PARTIALS = 1 << 20
 
 _WORKSPACES: dict[tuple[str, int], torch.Tensor] = {}
@@ -44,7 +46,9 @@ def splitk_workspace(device: torch.device, numel: int) -> torch.Tensor:
 
 
 @triton.jit
-def _finish_kernel(ws_ptr, bias_ptr, y_ptr, M, N, stride_ym, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+def _finish_kernel(ws_ptr, bias_ptr, y_ptr, M, N, stride_ym, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+                   PDL: tl.constexpr):
+    wait_for_earlier_kernels(PDL)  # the sums come from the kernel just before
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = i < M * N
     v = tl.load(ws_ptr + i, mask=ok, other=0.0)
@@ -67,6 +71,6 @@ def splitk_finish(ws: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None) 
     block = 1024
     _finish_kernel[(triton.cdiv(m * n, block),)](
         ws, bias if bias is not None else ws, y, m, n, y.stride(0), HAS_BIAS=bias is not None, BLOCK=block,
-        num_warps=4,
+        num_warps=4, **pdl_launch(y.device),
     )
     return y

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..pdl import pdl_launch, wait_for_earlier_kernels
 from ..splitk import splitk_finish, splitk_workspace
 from ..tiles import STEP_INPUTS, add_tile, dot_acc, split_grid, tile_config, tile_start
 from .format import GQSAWeight
@@ -164,8 +165,9 @@ def _gqsa_tile_matmul_kernel(
     x_ptr, words_ptr, scale_ptr, zero_ptr, mask_ptr, prefix_ptr, ws_ptr,
     M, N, K, stride_xm, WORDS, STEPS_PER_SPLIT,
     G: tl.constexpr, BITS: tl.constexpr, GPS: tl.constexpr, DOT_IEEE: tl.constexpr, FAST: tl.constexpr,
-    DECODE_ASM: tl.constexpr, POPC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DECODE_ASM: tl.constexpr, POPC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_earlier_kernels(PDL)  # (kernels/pdl.py) x and the workspace may come from the kernel before
     CPW: tl.constexpr = 32 // BITS  # codes per 32-bit word
     WPG: tl.constexpr = G // CPW  # words per group
     STEP_K: tl.constexpr = GPS * G
@@ -260,5 +262,6 @@ def gqsa_tile_matmul(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None =
             x, w.codes.view(torch.int32), w.scale, w.zero, mask, prefix, ws, m, n, k, x.stride(0), words, per_split,
             G=w.group_size, BITS=w.bits, GPS=gps, DOT_IEEE=x.dtype == torch.float32, FAST=fast,
             DECODE_ASM=decode_asm(fast), POPC=POPC_LOOKUP and x.is_cuda and not _INTERPRETED, **cfg,
+            **pdl_launch(x.device),
         )
     return splitk_finish(ws, torch.empty(m, n, dtype=x.dtype, device=x.device), bias)

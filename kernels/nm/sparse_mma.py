@@ -36,6 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..pdl import pdl_launch, wait_for_earlier_kernels
 from ..registers import split4
 from ..splitk import splitk_finish, splitk_workspace
 from .format import NMWeight
@@ -284,7 +285,7 @@ def _nm24_sp_packed_kernel(
     x_ptr, codes_ptr, meta_ptr, scales_ptr, bias_ptr, y_ptr, ws_ptr,
     N, K, M, stride_xm, stride_ym, one, STEPS_PER_SPLIT,
     GROUP: tl.constexpr, MB: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr,
-    CONSTRAINTS: tl.constexpr, num_warps_: tl.constexpr, PERM_X: tl.constexpr,
+    CONSTRAINTS: tl.constexpr, num_warps_: tl.constexpr, PERM_X: tl.constexpr, PDL: tl.constexpr,
 ):
     """``_nm24_sp_gemv_kernel`` for int4 codes in the packed layout (``pack_int4_for_sparse_mma``): each lane
     reads its codes and metadata for 4 chunks in one 16-byte load each. B's 8 columns carry 8 rows of x (lane
@@ -294,6 +295,7 @@ def _nm24_sp_packed_kernel(
     With ``SPLIT``, K is split over ``tl.num_programs(1)`` programs that add their float32 partials into the
     zeroed workspace ``ws [M, N]`` (``splitk``); without, the program stores y (+ bias) in y's dtype. ``PERM_X``:
     x comes in ``permute_x_for_sparse_mma`` order."""
+    wait_for_earlier_kernels(PDL)  # (kernels/pdl.py) x, the workspace, even the copy may come from that kernel
     E: tl.constexpr = 32 * num_warps_
     e = tl.arange(0, E)
     lane = e % 32
@@ -470,7 +472,7 @@ def nm24_sp_packed_gemv(x: torch.Tensor, w: NMWeight, packed: dict[str, torch.Te
         y, ws,
         n, w.in_features, m, x.stride(0), y.stride(0), 1, steps_per_split, GROUP=w.group_size, MB=blocks,
         SPLIT=splits > 1, HAS_BIAS=bias is not None, ASM=_MMA_SP_INT4, CONSTRAINTS=_CONSTRAINTS,
-        num_warps_=num_warps, PERM_X=permute_x, num_warps=num_warps,
+        num_warps_=num_warps, PERM_X=permute_x, num_warps=num_warps, **pdl_launch(x.device),
     )
     return splitk_finish(ws, y, bias) if splits > 1 else y
 

@@ -32,13 +32,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", default="64", help="threads per program to sweep")
     p.add_argument("--batches", default="1,2,4")
     p.add_argument("--cg", default="1", help="weight loads through L2 only: 1, 0 or 0,1")
-    p.add_argument("--split", default="1", help="threads sharing a group: 1, 2 or 1,2")
     args = p.parse_args(argv)
     shapes = [tuple(int(v) for v in sh.split("x")) for sh in args.shapes.split(",")]
     lanes = [int(v) for v in args.lanes.split(",")]
     threads = [int(v) for v in args.threads.split(",")]
     cgs = [bool(int(v)) for v in args.cg.split(",")]
-    splits = [int(v) for v in args.split.split(",")]
     results = []
     for n, k in shapes:
         torch.manual_seed(0)
@@ -55,24 +53,21 @@ def main(argv: list[str] | None = None) -> None:
             old_us = time_graph_ms([lambda q=q, t=t: gqsa_linear(x, q, tables=t) for q, t in pool]) * 1e3
             configs = [(s, t) for s in lanes for t in threads if s <= t]
             variants = {1: [(None, 1)], 2: [(None, 1)], 4: [(None, 1), (2, 1)]}[m]
-            for (s, t), (bm, pf), cg, sp in [(c, v, cg, sp) for c in configs for v in variants for cg in cgs
-                                             for sp in splits]:
+            for (s, t), (bm, pf), cg in [(c, v, cg) for c in configs for v in variants for cg in cgs]:
                 if w.nnz_groups / n / s < 1:
                     continue
                 il = interleave(w, s, t)
-                y = interleaved_gemv(x, w, il, block_m=bm, prefetch=pf, weight_cg=cg, split=sp)
-                err = rel_error(y.float(), ref)
+                err = rel_error(interleaved_gemv(x, w, il, block_m=bm, prefetch=pf, weight_cg=cg).float(), ref)
                 copies = rotating(il, il.storage_bytes())
-                us = time_graph_ms([lambda c=c: interleaved_gemv(x, w, c, block_m=bm, prefetch=pf, weight_cg=cg,
-                                                                 split=sp) for c in copies]) * 1e3
-                row = dict(n=n, k=k, m=m, lanes=s, threads=t, block_m=bm or min(m, 4), prefetch=pf, weight_cg=cg,
-                           split=sp, us=us,
+                us = time_graph_ms([lambda c=c: interleaved_gemv(x, w, c, block_m=bm, prefetch=pf, weight_cg=cg)
+                                     for c in copies]) * 1e3
+                row = dict(n=n, k=k, m=m, lanes=s, threads=t, block_m=bm or min(m, 4), prefetch=pf, weight_cg=cg, us=us,
                            task_us=old_us, dense_us=dense_us,
                            int4_us=int4_us, floor_us=floor_us, il_bytes=il.storage_bytes(),
                            csr_bytes=w.storage_bytes(), rel_err=err, default=(s, t) == (default["lanes_per_row"],
                                                                                           default["threads"]))
                 results.append(row)
-                print(f"{n}x{k} M={m} S={s:2d} T={t:3d} BM={row['block_m']} CG={int(cg)} SP={sp}: {us:6.1f} us  "
+                print(f"{n}x{k} M={m} S={s:2d} T={t:3d} BM={row['block_m']} CG={int(cg)}: {us:6.1f} us  "
                       f"task {old_us:6.1f}  dense {dense_us:6.1f} "
                       f"({dense_us / us:.2f}x)  int4 {int4_us:6.1f} ({int4_us / us:.2f}x)  "
                       f"{floor_us / us:.0%} of floor  bytes x{il.storage_bytes() / w.storage_bytes():.3f}  "

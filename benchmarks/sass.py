@@ -95,14 +95,12 @@ def _gqsa_il(args):
     sig = dict(x_ptr=xdt, words_ptr="*u32", col_ptr="*i16", sz_ptr="*fp16", step_ptr="*i32", rows_ptr="*i32",
                bias_ptr=xdt, y_ptr=xdt, BLOCKS="i32", M="i32", stride_xm="i32", stride_ym="i32", code_mask="u32",
                G="constexpr", BITS="constexpr", T="constexpr", R="constexpr", BLOCK_M="constexpr",
-               HAS_BIAS="constexpr", PREFETCH="constexpr", WEIGHT_CG="constexpr", SPLIT="constexpr",
-               PDL="constexpr")
+               HAS_BIAS="constexpr", PREFETCH="constexpr", WEIGHT_CG="constexpr", PDL="constexpr")
     const = dict(G=16, BITS=4, T=args.block_u, R=args.block_u // args.lanes, BLOCK_M=args.block_m_gemv,
-                 HAS_BIAS=False, PREFETCH=args.prefetch, WEIGHT_CG=True, SPLIT=args.split,
-                 PDL=args.pdl)
+                 HAS_BIAS=False, PREFETCH=args.prefetch, WEIGHT_CG=True, PDL=args.pdl)
     div = ["x_ptr", "words_ptr", "col_ptr", "sz_ptr", "step_ptr", "rows_ptr", "bias_ptr", "y_ptr", "stride_xm",
            "stride_ym"]
-    return compile_sass(fn, sig, const, div, num_warps=max(1, args.block_u * args.split // 32))
+    return compile_sass(fn, sig, const, div, num_warps=max(1, args.block_u // 32))
 
 
 def _nm24(args):
@@ -191,7 +189,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pdl", action=argparse.BooleanOptionalAction, default=True,
                    help="gqsa_il, nm24sp_packed, gqsa_tile, splitk_finish: wait for the previous kernel "
                         "(programmatic dependent launch)")
-    p.add_argument("--split", type=int, default=1, help="gqsa_il: threads sharing a group (1 or 2)")
     p.add_argument("--blocks", type=int, default=1, help="nm24sp_packed: 8-row x blocks per program (MB)")
     p.add_argument("--block-m", type=int, default=32, help="gqsa_tile: rows of x per program")
     p.add_argument("--perm-x", action=argparse.BooleanOptionalAction, default=False,

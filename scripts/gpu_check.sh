@@ -15,10 +15,10 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | t
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$OUT/gpu.txt"
 PARALLEL=""; python3 -c 'import xdist' 2>/dev/null && PARALLEL="-n 8"
 # run from tests/'s parent but import the installed package: -p no:cacheprovider (the tree is a copy). These files
-# hold every test that needs CUDA and runs without vLLM (about 1,230 tests, ~3 minutes with xdist on 16 cores).
+# hold every test that needs CUDA and runs without vLLM (about 1,670 tests, ~3.5 minutes with xdist on 16 cores).
 python3 -m pytest -q -p no:cacheprovider $PARALLEL tests/test_gqsa_kernels.py tests/test_gqsa_format.py \
   tests/test_gqsa_tile_matmul.py tests/test_gqsa_interleaved.py tests/test_nm_kernels.py tests/test_nm_format.py tests/test_nm_tile_matmul.py \
-  tests/test_ops.py tests/test_splitk.py tests/test_peft_dsee.py tests/test_peft_pst.py tests/test_peft_gs_lora.py \
+  tests/test_ops.py tests/test_splitk.py tests/test_pdl.py tests/test_stream_read.py tests/test_peft_dsee.py tests/test_peft_pst.py tests/test_peft_gs_lora.py \
   2>&1 | tee "$OUT/pytest_gpu.log" | tail -15
 # host-bound benchmarks (peft_step at 4k tokens) are only meaningful with nothing else running on the machine
 for bench in "${@:-gqsa_linear}"; do

@@ -190,10 +190,9 @@ def _halves(pair, IS_BF16: tl.constexpr):
 
 
 @triton.jit
-def _x8(x_row, col, wj: tl.constexpr, G: tl.constexpr, xoff):
-    """The eight x values facing 4-bit word ``wj`` of each thread's share of its group (which starts ``xoff``
-    values into the group), as eight float32 ``[T]``."""
-    base = col * G + wj * 8 + xoff
+def _x8(x_row, col, wj: tl.constexpr, G: tl.constexpr):
+    """The eight x values facing 4-bit word ``wj`` of each thread's group, as eight float32 ``[T]``."""
+    base = col * G + wj * 8
     if x_row.dtype.element_ty == tl.float32:
         x0, x1, x2, x3 = _pairs4(x_row.to(tl.pointer_type(tl.uint32)) + base)
         x4, x5, x6, x7 = _pairs4(x_row.to(tl.pointer_type(tl.uint32)) + base + 4)
@@ -247,12 +246,12 @@ def _dot_word4(word, xv, m_lo, m_hi, acc_lo, acc_hi, code_mask):
 
 @triton.jit
 def _dot_word(word, x_row, col, wj: tl.constexpr, magic, m_lo, m_hi, acc_lo, acc_hi, code_mask,
-              G: tl.constexpr, BITS: tl.constexpr, xoff):
+              G: tl.constexpr, BITS: tl.constexpr):
     """Add word ``wj`` of each thread's group dotted with its x values. Results carry ``2**12``: 4-bit words go
     through ``_dot_word4`` (two chains; ``acc_hi`` carries ``2**16``), other widths through one ``[T, CPW]`` product
     rescaled per code into ``acc_lo``."""
     if BITS == 4:
-        acc_lo, acc_hi = _dot_word4(word, _x8(x_row, col, wj, G, xoff), m_lo, m_hi, acc_lo, acc_hi, code_mask)
+        acc_lo, acc_hi = _dot_word4(word, _x8(x_row, col, wj, G), m_lo, m_hi, acc_lo, acc_hi, code_mask)
     else:
         CPW: tl.constexpr = 32 // BITS
         pos, _ = _il_layout(tl.arange(0, CPW), BITS)
@@ -263,14 +262,14 @@ def _dot_word(word, x_row, col, wj: tl.constexpr, magic, m_lo, m_hi, acc_lo, acc
 
 
 @triton.jit
-def _il_fetch(wp, cp, szp, WPT: tl.constexpr, WEIGHT_CG: tl.constexpr):
+def _il_fetch(wp, cp, szp, WPG: tl.constexpr, WEIGHT_CG: tl.constexpr):
     """One step's per-thread group data: column (int32), scale and zero (float32), and its words (the first two;
     wider groups are read in ``_il_group``). ``WEIGHT_CG``: read them through L2 only (``ld.global.cg``): each
     byte is read once, and in L1 it would only evict the x values every group gathers."""
     CACHE: tl.constexpr = ".cg" if WEIGHT_CG else ""
     col = tl.load(cp, cache_modifier=CACHE).to(tl.int32) & 0xFFFF
     sz = tl.split(tl.load(szp[:, None] + tl.arange(0, 2)[None, :], cache_modifier=CACHE))
-    if WPT == 2:  # the common g16 4-bit case: both words in one 64-bit load
+    if WPG == 2:  # the common g16 4-bit case: both words in one 64-bit load
         w0, w1 = tl.split(tl.load(wp[:, None] + tl.arange(0, 2)[None, :], cache_modifier=CACHE))
     else:
         w0 = tl.load(wp, cache_modifier=CACHE)
@@ -279,12 +278,11 @@ def _il_fetch(wp, cp, szp, WPT: tl.constexpr, WEIGHT_CG: tl.constexpr):
 
 
 @triton.jit
-def _il_group(fetched, wp, x0, x1, x2, x3, code_mask, xoff,
-              G: tl.constexpr, BITS: tl.constexpr, BLOCK_M: tl.constexpr, SPLIT: tl.constexpr):
-    """One step: each thread's share of its group (all of it, or with ``SPLIT = 2`` half its words, starting
-    ``xoff`` values in; ``_il_fetch``'s values; words past the first two at ``wp``) dotted with ``BLOCK_M`` rows of
-    x, times its scale -> up to four ``[T * SPLIT]``."""
-    WPT: tl.constexpr = G * BITS // 32 // SPLIT
+def _il_group(fetched, wp, x0, x1, x2, x3, code_mask,
+              G: tl.constexpr, BITS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """One step: each thread's group (``_il_fetch``'s values; words past the first two at ``wp``) dotted with
+    ``BLOCK_M`` rows of x, times its scale -> up to four ``[T]``."""
+    WPG: tl.constexpr = G * BITS // 32
     CPW: tl.constexpr = 32 // BITS
     col, s, z, w0, w1 = fetched
     pos, _ = _il_layout(tl.arange(0, CPW), BITS)
@@ -294,22 +292,19 @@ def _il_group(fetched, wp, x0, x1, x2, x3, code_mask, xoff,
     m_hi = z * 65536.0 + 8388608.0
     zero = tl.zeros([col.shape[0]], dtype=tl.float32)
     lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3 = zero, zero, zero, zero, zero, zero, zero, zero
-    for wj in tl.static_range(WPT):
+    for wj in tl.static_range(WPG):
         if wj == 0:
             word = w0.to(tl.uint32, bitcast=True)
-        elif wj == 1 and WPT == 2:
+        elif wj == 1 and WPG == 2:
             word = w1.to(tl.uint32, bitcast=True)
         else:
             word = tl.load(wp + wj).to(tl.uint32, bitcast=True)
-        lo0, hi0 = _dot_word(word, x0, col, wj, magic, m_lo, m_hi, lo0, hi0, code_mask, G, BITS, xoff)
+        lo0, hi0 = _dot_word(word, x0, col, wj, magic, m_lo, m_hi, lo0, hi0, code_mask, G, BITS)
         if BLOCK_M > 1:
-            lo1, hi1 = _dot_word(word, x1, col, wj, magic, m_lo, m_hi, lo1, hi1, code_mask, G, BITS,
-                                  xoff)
+            lo1, hi1 = _dot_word(word, x1, col, wj, magic, m_lo, m_hi, lo1, hi1, code_mask, G, BITS)
         if BLOCK_M > 2:
-            lo2, hi2 = _dot_word(word, x2, col, wj, magic, m_lo, m_hi, lo2, hi2, code_mask, G, BITS,
-                                  xoff)
-            lo3, hi3 = _dot_word(word, x3, col, wj, magic, m_lo, m_hi, lo3, hi3, code_mask, G, BITS,
-                                  xoff)
+            lo2, hi2 = _dot_word(word, x2, col, wj, magic, m_lo, m_hi, lo2, hi2, code_mask, G, BITS)
+            lo3, hi3 = _dot_word(word, x3, col, wj, magic, m_lo, m_hi, lo3, hi3, code_mask, G, BITS)
     # chains carry 2**12 (and 2**16 = 2**12 * 16); the 2**-12 is applied once per row at the end
     r0 = s * (hi0 * 0.0625 + lo0)
     r1 = r0
@@ -326,40 +321,32 @@ def _il_group(fetched, wp, x0, x1, x2, x3, code_mask, xoff,
 @triton.jit
 def _il_block(b, x0, x1, x2, x3, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr, bias_ptr, y_ptr, m0, M, stride_ym,
               code_mask, G: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, R: tl.constexpr,
-              BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr, WEIGHT_CG: tl.constexpr,
-              SPLIT: tl.constexpr, PDL: tl.constexpr):
+              BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr, WEIGHT_CG: tl.constexpr):
     """Block ``b``: every thread sums its lane's share of one row over the block's steps (two per iteration:
-    blocks have an even number), then a row's ``S * SPLIT`` threads are added and the row is stored in y's dtype
-    with the bias. ``SPLIT = 2``: two neighbouring threads share each slot's group, a word each (g16 4-bit), so
-    one warp-wide x load covers 16 groups' whole 32 bytes rather than 32 groups' halves."""
+    blocks have an even number), then a row's ``S`` lanes are added and the row is stored in y's dtype with the
+    bias."""
     S: tl.constexpr = T // R
     WPG: tl.constexpr = G * BITS // 32
-    WPT: tl.constexpr = WPG // SPLIT
     p0 = tl.load(step_ptr + b)
     p1 = tl.load(step_ptr + b + 1)
-    acc0 = tl.zeros([T * SPLIT], dtype=tl.float32)
-    acc1 = tl.zeros([T * SPLIT], dtype=tl.float32)
-    acc2 = tl.zeros([T * SPLIT], dtype=tl.float32)
-    acc3 = tl.zeros([T * SPLIT], dtype=tl.float32)
-    lane = tl.arange(0, T * SPLIT)
-    slot = p0 * T + lane // SPLIT
-    if SPLIT == 1:
-        xoff = 0
-    else:
-        xoff = (lane % SPLIT) * (WPT * 32 // BITS)
-    wp = words_ptr + slot * WPG + (lane % SPLIT) * WPT
+    acc0 = tl.zeros([T], dtype=tl.float32)
+    acc1 = tl.zeros([T], dtype=tl.float32)
+    acc2 = tl.zeros([T], dtype=tl.float32)
+    acc3 = tl.zeros([T], dtype=tl.float32)
+    slot = p0 * T + tl.arange(0, T)
+    wp = words_ptr + slot * WPG
     cp = col_ptr + slot
     szp = sz_ptr + slot * 2
     # software pipeline: the words, columns and scales of the next 2 * PREFETCH steps are in flight while these two
     # compute, so a step's x gathers issue at once (the arrays end with 2 * MAX_PREFETCH padding steps, so the
     # last prefetches stay in bounds)
-    nxt_a = _il_fetch(wp, cp, szp, WPT, WEIGHT_CG)
-    nxt_c = _il_fetch(wp + T * WPG, cp + T, szp + 2 * T, WPT, WEIGHT_CG)
+    nxt_a = _il_fetch(wp, cp, szp, WPG, WEIGHT_CG)
+    nxt_c = _il_fetch(wp + T * WPG, cp + T, szp + 2 * T, WPG, WEIGHT_CG)
     far_a = nxt_a
     far_c = nxt_c
     if PREFETCH == 2:
-        far_a = _il_fetch(wp + 2 * T * WPG, cp + 2 * T, szp + 4 * T, WPT, WEIGHT_CG)
-        far_c = _il_fetch(wp + 3 * T * WPG, cp + 3 * T, szp + 6 * T, WPT, WEIGHT_CG)
+        far_a = _il_fetch(wp + 2 * T * WPG, cp + 2 * T, szp + 4 * T, WPG, WEIGHT_CG)
+        far_c = _il_fetch(wp + 3 * T * WPG, cp + 3 * T, szp + 6 * T, WPG, WEIGHT_CG)
     for _ in range(p0, p1, 2):
         cur_a = nxt_a
         cur_c = nxt_c
@@ -370,14 +357,13 @@ def _il_block(b, x0, x1, x2, x3, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr,
         if PREFETCH == 2:
             nxt_a = far_a
             nxt_c = far_c
-            far_a = _il_fetch(wp + 2 * T * WPG, cp + 2 * T, szp + 4 * T, WPT, WEIGHT_CG)
-            far_c = _il_fetch(wp + 3 * T * WPG, cp + 3 * T, szp + 6 * T, WPT, WEIGHT_CG)
+            far_a = _il_fetch(wp + 2 * T * WPG, cp + 2 * T, szp + 4 * T, WPG, WEIGHT_CG)
+            far_c = _il_fetch(wp + 3 * T * WPG, cp + 3 * T, szp + 6 * T, WPG, WEIGHT_CG)
         else:
-            nxt_a = _il_fetch(wp, cp, szp, WPT, WEIGHT_CG)
-            nxt_c = _il_fetch(wp + T * WPG, cp + T, szp + 2 * T, WPT, WEIGHT_CG)
-        a0, a1, a2, a3 = _il_group(cur_a, wp_a, x0, x1, x2, x3, code_mask, xoff, G, BITS, BLOCK_M, SPLIT)
-        c0, c1, c2, c3 = _il_group(cur_c, wp_a + T * WPG, x0, x1, x2, x3, code_mask, xoff, G, BITS, BLOCK_M,
-                                   SPLIT)
+            nxt_a = _il_fetch(wp, cp, szp, WPG, WEIGHT_CG)
+            nxt_c = _il_fetch(wp + T * WPG, cp + T, szp + 2 * T, WPG, WEIGHT_CG)
+        a0, a1, a2, a3 = _il_group(cur_a, wp_a, x0, x1, x2, x3, code_mask, G, BITS, BLOCK_M)
+        c0, c1, c2, c3 = _il_group(cur_c, wp_a + T * WPG, x0, x1, x2, x3, code_mask, G, BITS, BLOCK_M)
         acc0 += a0 + c0
         if BLOCK_M > 1:
             acc1 += a1 + c1
@@ -392,15 +378,15 @@ def _il_block(b, x0, x1, x2, x3, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr,
         bias = tl.load(bias_ptr + rows, mask=keep, other=0.0).to(tl.float32)
     # the chains carry 2**12 (_il_group)
     y0 = y_ptr + m0.to(tl.int64) * stride_ym + rows
-    out0 = tl.sum(tl.reshape(acc0, (R, S * SPLIT)), axis=1) * (1.0 / 4096.0) + bias
+    out0 = tl.sum(tl.reshape(acc0, (R, S)), axis=1) * (1.0 / 4096.0) + bias
     tl.store(y0, out0.to(y_ptr.dtype.element_ty), mask=keep)
     if BLOCK_M > 1:
-        out1 = tl.sum(tl.reshape(acc1, (R, S * SPLIT)), axis=1) * (1.0 / 4096.0) + bias
+        out1 = tl.sum(tl.reshape(acc1, (R, S)), axis=1) * (1.0 / 4096.0) + bias
         tl.store(y0 + stride_ym, out1.to(y_ptr.dtype.element_ty), mask=keep & (m_of + 1 < M))
     if BLOCK_M > 2:
-        out2 = tl.sum(tl.reshape(acc2, (R, S * SPLIT)), axis=1) * (1.0 / 4096.0) + bias
+        out2 = tl.sum(tl.reshape(acc2, (R, S)), axis=1) * (1.0 / 4096.0) + bias
         tl.store(y0 + 2 * stride_ym, out2.to(y_ptr.dtype.element_ty), mask=keep & (m_of + 2 < M))
-        out3 = tl.sum(tl.reshape(acc3, (R, S * SPLIT)), axis=1) * (1.0 / 4096.0) + bias
+        out3 = tl.sum(tl.reshape(acc3, (R, S)), axis=1) * (1.0 / 4096.0) + bias
         tl.store(y0 + 3 * stride_ym, out3.to(y_ptr.dtype.element_ty), mask=keep & (m_of + 3 < M))
 
 
@@ -409,8 +395,7 @@ def _interleaved_gemv_kernel(
     x_ptr, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr, bias_ptr, y_ptr,
     BLOCKS, M, stride_xm, stride_ym, code_mask,
     G: tl.constexpr, BITS: tl.constexpr, T: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
-    HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr, WEIGHT_CG: tl.constexpr, SPLIT: tl.constexpr,
-    PDL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr, WEIGHT_CG: tl.constexpr, PDL: tl.constexpr,
 ):
     """Program ``t`` of ``P`` runs blocks ``t, t + P, ...`` (``_il_block``); by default ``P`` is the number of
     blocks. Fewer, persistent programs were no faster on the H200 (each block's first fetch is exposed again).
@@ -427,8 +412,7 @@ def _interleaved_gemv_kernel(
     wait_for_earlier_kernels(PDL)
     for b in range(tl.program_id(0), BLOCKS, tl.num_programs(0)):
         _il_block(b, x0, x1, x2, x3, words_ptr, col_ptr, sz_ptr, step_ptr, rows_ptr, bias_ptr, y_ptr, m0, M,
-                  stride_ym, code_mask, G, BITS, T, R, BLOCK_M, HAS_BIAS, PREFETCH, WEIGHT_CG, SPLIT,
-                  PDL)
+                  stride_ym, code_mask, G, BITS, T, R, BLOCK_M, HAS_BIAS, PREFETCH, WEIGHT_CG)
 
 
 # threads a decode copy aims for, per SM: about 22 warps (H200, W4S50 g16, M=1, probe_interleaved JSON): the best
@@ -461,7 +445,7 @@ def default_block_m(m: int, il: InterleavedRows) -> int:
 
 def interleaved_gemv(x: torch.Tensor, w: GQSAWeight, il: InterleavedRows, bias: torch.Tensor | None = None,
                      block_m: int | None = None, programs: int | None = None, prefetch: int = 1,
-                     weight_cg: bool = True, split: int = 1) -> torch.Tensor:
+                     weight_cg: bool = True) -> torch.Tensor:
     """``x [M, K] @ W.T (+ bias) -> [M, N]`` for small M, reading the decode copy ``il = interleave(w, ...)``
     (``w`` gives the shape, group size and bits; its own tensors are not read). ``programs``: persistent
     programs per input-row block (default: one per row block); ``prefetch``: iterations of two steps whose
@@ -476,9 +460,6 @@ def interleaved_gemv(x: torch.Tensor, w: GQSAWeight, il: InterleavedRows, bias: 
                          f"the weight needs {wpg} and {w.out_features}: it was built for another weight")
     if prefetch not in (1, 2):
         raise ValueError(f"prefetch={prefetch}: 1 or 2 iterations ahead")
-    if split not in (1, 2) or (split == 2 and (w.bits != 4 or wpg % 2)):
-        raise ValueError(f"split={split}: 1, or 2 for 4-bit codes with an even number of words a group "
-                         f"(here {w.bits}-bit, {wpg} words)")
     if x.dtype != torch.float32 and x.stride(0) % 2:
         x = x.contiguous()  # 16-bit x is read as 32-bit pairs
     y = torch.empty(m, w.out_features, dtype=x.dtype, device=x.device)
@@ -488,7 +469,7 @@ def interleaved_gemv(x: torch.Tensor, w: GQSAWeight, il: InterleavedRows, bias: 
         x, il.words, il.col, il.scale_zero, il.step_ptr, il.rows, bias if bias is not None else x, y,
         blocks, m, x.stride(0), y.stride(0), (1 << w.bits) - 1,
         G=w.group_size, BITS=w.bits, T=il.threads, R=il.rows_per_block, BLOCK_M=block_m,
-        HAS_BIAS=bias is not None, PREFETCH=prefetch, WEIGHT_CG=weight_cg, SPLIT=split,
-        num_warps=max(1, il.threads * split // 32), **pdl_launch(x.device),
+        HAS_BIAS=bias is not None, PREFETCH=prefetch, WEIGHT_CG=weight_cg, num_warps=max(1, il.threads // 32),
+        **pdl_launch(x.device),
     )
     return y

@@ -10,10 +10,18 @@ from sparseflow.kernels.gqsa.interleaved import interleave, interleaved_gemv
 from sparseflow.kernels.testing import assert_close
 
 
-def test_off_on_cpu_and_when_disabled(monkeypatch):
+def test_off_on_cpu_when_disabled_and_on_a_triton_without_it(monkeypatch):
     assert pdl.pdl_launch(torch.device("cpu")) == {"PDL": False}
     monkeypatch.setattr(pdl, "PDL_ENABLED", False)
     assert pdl.pdl_launch(torch.device("cuda", 0)) == {"PDL": False}  # no device query when disabled
+    monkeypatch.setattr(pdl, "PDL_ENABLED", True)
+    monkeypatch.setattr(pdl, "_TRITON_HAS_PDL", False)
+    assert pdl.pdl_launch(torch.device("cuda", 0)) == {"PDL": False}
+
+
+def test_this_triton_has_it():
+    """The Triton installed here can launch with PDL (CI has 3.9; the H200 machine 3.6, checked there too)."""
+    assert pdl._triton_has_pdl()
 
 
 @pytest.mark.gpu

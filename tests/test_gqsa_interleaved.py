@@ -163,3 +163,20 @@ def test_block_m_default_caps_at_two_for_many_rows_per_block():
     assert default_block_m(4, interleave(w, 16, 16)) == 4
     assert default_block_m(1, interleave(w, 4, 16)) == 1
     assert default_block_m(3, interleave(w, 16, 16)) == 4
+
+
+@pytest.mark.gpu
+def test_kernel_tables_says_the_decode_copy_costs_memory(caplog):
+    """The copy roughly doubles a pruned weight's bytes on the GPU: the log says so once."""
+    import sparseflow.kernels._log as log
+    from sparseflow.kernels.gqsa import kernel_tables
+
+    log._said.clear()
+    log.logger.propagate = True  # let caplog see it
+    try:
+        with caplog.at_level("INFO", logger="sparseflow"):
+            tables = kernel_tables(_weight(45, 256, 4, 16, 0.5))
+    finally:
+        log.logger.propagate = False
+    assert "il_words" in tables
+    assert "decode copy" in caplog.text and "bytes again" in caplog.text

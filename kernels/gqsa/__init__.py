@@ -97,6 +97,8 @@ def kernel_tables(w: GQSAWeight) -> dict[str, torch.Tensor]:
         return {}
     tables = group_bitmap(w)
     if (w.group_size * w.bits) % 32 == 0:
+        info_once("gqsa: pruned weights get a decode copy for M <= 4 (rows interleaved across lanes, about as many "
+                  "bytes again as the compressed weight; the tile matmul and dequantize still read the format)")
         tables.update(interleave(w, **interleaved_config(w)).tables())
     return tables
 

@@ -149,7 +149,7 @@ def gqsa_linear(x: torch.Tensor, w: GQSAWeight, bias: torch.Tensor | None = None
             # building the decode copy takes a sort and a scatter: not per call. The task GEMV reads the format as is.
             info_once("gqsa: no kernel_tables(w) passed; decode takes the task GEMV (slower than the interleaved "
                       "GEMV kernel_tables enables) and rebuilds its task table on every call")
-            y = gqsa_task_gemv(x2, w, bias, rows=(tables or {}).get("task_rows"))
+            y = gqsa_task_gemv(x2, w, bias)
     elif not dense_groups_supported(w) and m <= TILE_MATMUL_MAX_M and tile_supported(w):
         bitmap = None
         if tables and "group_mask" in tables:
